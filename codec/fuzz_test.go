@@ -1,0 +1,175 @@
+package codec
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func addSeeds(f *testing.F) {
+	for _, fx := range fixtures {
+		f.Add(byte(fx.v), fx.raw)
+	}
+	for _, bc := range badCases {
+		f.Add(byte(bc.v), bc.raw)
+	}
+}
+
+// roundTrip checks that a packet that decoded cleanly encodes to bytes that
+// decode to the same packet.
+func roundTrip(t *testing.T, p Packet, v Version) {
+	enc, err := p.Append(nil, v)
+	if err != nil {
+		t.Fatalf("decoded %T does not encode: %v", p, err)
+	}
+	f, err := NewReader(bufio.NewReader(bytes.NewReader(enc)), 0).ReadPacket()
+	if err != nil {
+		t.Fatalf("re-read of encoded %T: %v", p, err)
+	}
+	var q Packet
+	if f.Type == CONNECT {
+		q, err = DecodeConnect(f)
+	} else {
+		q, err = Decode(f, v)
+	}
+	if err != nil {
+		t.Fatalf("re-decode of %T: %v\n% x", p, err, enc)
+	}
+	normalize(reflect.ValueOf(p))
+	normalize(reflect.ValueOf(q))
+	if !reflect.DeepEqual(p, q) {
+		t.Fatalf("round trip changed the packet\n was %+v\n now %+v", p, q)
+	}
+}
+
+// FuzzReader feeds a byte stream through the Reader and decodes every
+// frame: nothing may panic, every error must carry a reason code, and what
+// decodes must survive a round trip.
+func FuzzReader(f *testing.F) {
+	addSeeds(f)
+	f.Fuzz(func(t *testing.T, level byte, data []byte) {
+		v := Version(level%3 + 3)
+		r := NewReader(bufio.NewReaderSize(bytes.NewReader(data), 16), 4096)
+		for i := 0; i < 64; i++ {
+			fr, err := r.ReadPacket()
+			if err != nil {
+				var ce *Error
+				if errors.As(err, &ce) && ce.Code < 0x80 {
+					t.Fatalf("error with a success code: %v", err)
+				}
+				return
+			}
+			if len(fr.Bytes) > 4096 {
+				t.Fatalf("frame of %d bytes passed a 4096 byte limit", len(fr.Bytes))
+			}
+			var p Packet
+			if fr.Type == CONNECT {
+				c, err := DecodeConnect(fr)
+				if err != nil {
+					continue
+				}
+				p, v = c, c.Version
+			} else if p, err = Decode(fr, v); err != nil {
+				continue
+			}
+			roundTrip(t, p, v)
+		}
+	})
+}
+
+// FuzzConnect targets the CONNECT decoder with a well-formed frame header.
+func FuzzConnect(f *testing.F) {
+	for _, fx := range fixtures {
+		if fx.raw[0]>>4 == byte(CONNECT) {
+			f.Add(fx.raw[2:])
+		}
+	}
+	for _, bc := range badCases {
+		if bc.raw[0]>>4 == byte(CONNECT) && len(bc.raw) > 2 {
+			f.Add(bc.raw[2:])
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		c, err := DecodeConnect(Frame{Type: CONNECT, Body: body})
+		if err != nil {
+			if c != nil && ReasonOf(err) != UnsupportedProtocolVersion && c.Version != V31 && c.Version != V311 && c.Version != V5 {
+				t.Fatalf("unknown version %d returned with error %v", c.Version, err)
+			}
+			return
+		}
+		roundTrip(t, c, c.Version)
+	})
+}
+
+// FuzzPublish targets the PUBLISH decoder, the forwarding hot path.
+func FuzzPublish(f *testing.F) {
+	for _, fx := range fixtures {
+		if fx.raw[0]>>4 == byte(PUBLISH) {
+			f.Add(byte(fx.v), fx.raw[0]&0x0f, fx.raw[2:])
+		}
+	}
+	f.Fuzz(func(t *testing.T, level, flags byte, body []byte) {
+		v := Version(level%3 + 3)
+		var p Publish
+		if err := DecodePublish(&p, Frame{Type: PUBLISH, Flags: flags & 0x0f, Body: body}, v); err != nil {
+			return
+		}
+		if p.QoS > 0 && p.PacketID == 0 {
+			t.Fatal("QoS > 0 with packet id 0 accepted")
+		}
+		if bytes.ContainsAny(p.Topic, "+#") {
+			t.Fatalf("wildcard topic %q accepted", p.Topic)
+		}
+		if len(p.Topic) == 0 && (v != V5 || !p.Properties.Has(PropTopicAlias)) {
+			t.Fatal("empty topic accepted without an alias")
+		}
+		if flags&0x08 != 0 && p.QoS == 0 {
+			return // the reader rejects this header before DecodePublish sees it
+		}
+		roundTrip(t, &p, v)
+	})
+}
+
+// FuzzDecode targets every other decoder by packet type.
+func FuzzDecode(f *testing.F) {
+	for _, fx := range fixtures {
+		f.Add(byte(fx.v), fx.raw[0], fx.raw[2:])
+	}
+	for _, bc := range badCases {
+		if len(bc.raw) >= 2 {
+			f.Add(byte(bc.v), bc.raw[0], bc.raw[2:])
+		}
+	}
+	f.Fuzz(func(t *testing.T, level, first byte, body []byte) {
+		v := Version(level%3 + 3)
+		fr := Frame{Type: PacketType(first >> 4), Flags: first & 0x0f, Body: body}
+		p, err := Decode(fr, v)
+		if err != nil {
+			if p == nil && fr.Type != CONNECT && fr.Type != Reserved && ReasonOf(err) == UnspecifiedError {
+				t.Fatalf("error without a reason code: %v", err)
+			}
+			return
+		}
+		roundTrip(t, p, v)
+	})
+}
+
+// FuzzFilter checks the topic filter and topic name validators agree with
+// the spec's shape rules.
+func FuzzFilter(f *testing.F) {
+	for _, s := range []string{"a/#", "+/b", "$share/g/a", "#", "a+", "\x00", "\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if ValidFilter(s) == nil {
+			if _, inner, shared := SplitShared(s); shared && inner == "" {
+				t.Fatalf("shared filter %q without inner filter accepted", s)
+			}
+		}
+		if ValidTopicName(s) == nil && (s == "" || bytes.ContainsAny([]byte(s), "+#")) {
+			t.Fatalf("topic name %q accepted", s)
+		}
+	})
+}

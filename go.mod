@@ -1,0 +1,3 @@
+module github.com/moat-mqtt/moat
+
+go 1.26.8
