@@ -1,0 +1,201 @@
+// Command moat is an inline MQTT security proxy.
+//
+//	moat run [--config FILE]        run the proxy (no --config: quick start)
+//	moat check-config --config FILE validate a configuration file
+//	moat certs [--dir DIR] [--client NAME ...]
+//	                                write a development PKI
+//	moat version                    print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/internal/devpki"
+	"github.com/moat-mqtt/moat/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+const usage = `moat is an inline MQTT security proxy.
+
+Usage:
+  moat run [--config FILE]         run the proxy; without --config, a quick start with
+                                   an embedded broker and dev certificates on loopback
+  moat check-config --config FILE  validate a configuration file and exit
+  moat certs [--dir DIR] [--client NAME]...
+                                   write a dev CA, server and client certificates
+  moat version                     print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:], stdout, stderr)
+	case "check-config":
+		err = cmdCheckConfig(args[1:], stdout, stderr)
+	case "certs":
+		err = cmdCerts(args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "moat", versionString())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "moat: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file to check")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("check-config needs --config FILE")
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return fmt.Errorf("configuration is invalid:\n%s", indent(err.Error()))
+	}
+	// Loading certificates is part of checking them.
+	if _, err := proxy.New(cfg, nil); err != nil {
+		return fmt.Errorf("configuration is invalid:\n%s", indent(err.Error()))
+	}
+	fmt.Fprintf(stdout, "%s: OK (%d listener(s), upstream %s, policy mode %s)\n",
+		*path, len(cfg.Listeners), cfg.Upstream.Address, cfg.Policy.Mode)
+	return nil
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
+
+func cmdCerts(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("certs", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "certs", "folder to write the certificates and keys to")
+	var clients stringList
+	fs.Var(&clients, "client", "also write a client certificate with this common name (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	wrote, err := devpki.Ensure(*dir, clients...)
+	if err != nil {
+		return err
+	}
+	if len(wrote) == 0 {
+		fmt.Fprintf(stdout, "%s: all certificates already present\n", *dir)
+	}
+	for _, f := range wrote {
+		fmt.Fprintln(stdout, "wrote", f)
+	}
+	return nil
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (omit for the quick start)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var (
+		cfg  *config.Config
+		stop func()
+		err  error
+	)
+	if *path == "" {
+		cfg, stop, err = quickStart(stdout)
+		if err != nil {
+			return fmt.Errorf("quick start: %w", err)
+		}
+		defer stop()
+	} else if cfg, err = config.Load(*path); err != nil {
+		return fmt.Errorf("configuration is invalid:\n%s", indent(err.Error()))
+	}
+	log := newLogger(cfg.Log, stderr)
+	srv, err := proxy.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			log.Warn("SIGHUP received: this version does not reload its configuration; restart moat to apply changes")
+			continue
+		}
+		log.Info("shutting down", "signal", sig.String(), "drain_timeout", cfg.Shutdown.DrainTimeout.String())
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.DrainTimeout)
+		err := srv.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			log.Warn("drain deadline passed; remaining connections were closed")
+		}
+		log.Info("stopped")
+		return nil
+	}
+	return nil
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/internal/devpki"
+)
+
+// Quick start addresses: loopback only, so nothing is exposed by accident.
+const (
+	quickTLS   = "127.0.0.1:8883"
+	quickPlain = "127.0.0.1:1883"
+	quickCerts = "certs"
+)
+
+// quickStart writes dev certificates if missing, starts an embedded broker
+// on a free loopback port and returns a configuration that fronts it.
+func quickStart(stdout io.Writer) (*config.Config, func(), error) {
+	wrote, err := devpki.Ensure(quickCerts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("writing dev certificates to %s/: %w", quickCerts, err)
+	}
+	for _, f := range wrote {
+		fmt.Fprintln(stdout, "wrote", f)
+	}
+
+	// Reserve a free loopback port for the embedded broker.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	brokerAddr := l.Addr().String()
+	l.Close()
+	broker := mqtt.New(&mqtt.Options{
+		InlineClient: false,
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	// The embedded broker trusts moat, which sits in front of it.
+	if err := broker.AddHook(new(auth.AllowHook), nil); err != nil {
+		return nil, nil, err
+	}
+	if err := broker.AddListener(listeners.NewTCP(listeners.Config{ID: "upstream", Address: brokerAddr})); err != nil {
+		return nil, nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	go broker.Serve()
+
+	cfg := &config.Config{
+		Listeners: []config.Listener{
+			{Name: "mqtts", Address: quickTLS, Transport: "tls", TLS: &config.ServerTLS{
+				CertFile: filepath.Join(quickCerts, devpki.ServerCert),
+				KeyFile:  filepath.Join(quickCerts, devpki.ServerKey),
+			}},
+			{Name: "mqtt", Address: quickPlain, Transport: "tcp"},
+		},
+		Upstream: config.Upstream{Address: brokerAddr},
+		Policy:   &config.Policy{Mode: config.ModeAllowAll},
+		Log:      config.Log{Format: "text"},
+	}
+	if err := cfg.Validate(); err != nil {
+		broker.Close()
+		return nil, nil, err
+	}
+	ca := filepath.Join(quickCerts, devpki.CACert)
+	fmt.Fprintf(stdout, `
+moat quick start: an embedded broker on %s behind moat, policy mode allow_all.
+  TLS:   %s   plain: %s
+
+Try it (Debian package mosquitto-clients):
+  mosquitto_sub -h 127.0.0.1 -p 8883 --cafile %s -t 'demo/#' -v &
+  mosquitto_pub -h 127.0.0.1 -p 8883 --cafile %s -t demo/hello -m 'hello through moat'
+
+Stop with Ctrl-C. For a real broker, write a config (see moat.example.yaml) and run
+  moat run --config moat.yaml
+
+`, brokerAddr, quickTLS, quickPlain, ca, ca)
+	return cfg, func() { broker.Close() }, nil
+}

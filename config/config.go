@@ -1,0 +1,391 @@
+// Package config loads moat's YAML configuration into a validated Config
+// with defaults filled in. Every field is documented here and in
+// docs/config.md; unknown keys and bad values are errors that name the
+// field and say how to fix it.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Listeners are the addresses moat accepts MQTT clients on. At least one.
+	Listeners []Listener `yaml:"listeners"`
+	// Upstream is the broker moat forwards permitted traffic to.
+	Upstream Upstream `yaml:"upstream"`
+	// Limits bound what one client may cost.
+	Limits Limits `yaml:"limits"`
+	// Policy decides what clients may do. Required: moat denies by default.
+	Policy *Policy `yaml:"policy"`
+	// Shutdown controls graceful shutdown on SIGTERM and SIGINT.
+	Shutdown Shutdown `yaml:"shutdown"`
+	// Log controls the log output.
+	Log Log `yaml:"log"`
+}
+
+// Listener is one address moat accepts clients on.
+type Listener struct {
+	// Name identifies the listener in logs and, later, in policy input. Unique.
+	Name string `yaml:"name"`
+	// Address is host:port to listen on, e.g. "0.0.0.0:8883".
+	Address string `yaml:"address"`
+	// Transport is "tcp" (plain MQTT) or "tls" (MQTT over TLS).
+	Transport string `yaml:"transport"`
+	// TLS is required when Transport is "tls".
+	TLS *ServerTLS `yaml:"tls"`
+}
+
+// ServerTLS configures TLS termination on a listener.
+type ServerTLS struct {
+	// CertFile is the PEM server certificate chain.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is the PEM private key of CertFile.
+	KeyFile string `yaml:"key_file"`
+	// ClientCAFile is a PEM bundle of CAs that sign client certificates.
+	// Required when ClientAuth is verify_if_given or require.
+	ClientCAFile string `yaml:"client_ca_file"`
+	// ClientAuth is none (default), request, verify_if_given or require.
+	ClientAuth string `yaml:"client_auth"`
+	// MinVersion is "1.2" (default) or "1.3".
+	MinVersion string `yaml:"min_version"`
+	// HandshakeTimeout bounds the TLS handshake. Default 10s.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+}
+
+// Upstream is the broker behind moat.
+type Upstream struct {
+	// Address is the broker's host:port. Required (except in the quick start).
+	Address string `yaml:"address"`
+	// DialTimeout bounds connecting to the broker (TCP and TLS). Default 5s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// TLS, when set, makes moat speak TLS to the broker.
+	TLS *ClientTLS `yaml:"tls"`
+}
+
+// ClientTLS configures TLS from moat to the broker.
+type ClientTLS struct {
+	// CAFile is a PEM bundle that verifies the broker's certificate. Empty
+	// means the system roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are moat's client certificate, when the broker
+	// asks for one.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName is the name verified in the broker's certificate. Default:
+	// the host part of Upstream.Address.
+	ServerName string `yaml:"server_name"`
+}
+
+// Limits bound each connection.
+type Limits struct {
+	// MaxPacketSize is the largest packet accepted in either direction, in
+	// bytes ("256KiB", "1MiB" and plain numbers work). Default 1MiB.
+	// MQTT 5 clients are told in CONNACK.
+	MaxPacketSize ByteSize `yaml:"max_packet_size"`
+	// ConnectTimeout is how long a client has, after TCP accept (and the TLS
+	// handshake), to send a complete CONNECT. Default 10s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// WriteTimeout is how long a write to a peer may block before the
+	// connection is cut (a client that stops reading). Default 30s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+}
+
+// Policy selects how decisions are made.
+type Policy struct {
+	// Mode is "allow_all": every well-formed packet is forwarded. It must be
+	// chosen explicitly; moat logs a warning while it runs this way.
+	Mode string `yaml:"mode"`
+}
+
+// Shutdown controls graceful shutdown.
+type Shutdown struct {
+	// DrainTimeout is how long moat waits, after it stops accepting, for
+	// sessions to hand over what is in flight before it closes them. Default 10s.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+}
+
+// Log controls the log output.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is json (default) or text.
+	Format string `yaml:"format"`
+}
+
+// Defaults.
+const (
+	DefaultMaxPacketSize    = 1 << 20
+	DefaultConnectTimeout   = 10 * time.Second
+	DefaultWriteTimeout     = 30 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultDialTimeout      = 5 * time.Second
+	DefaultDrainTimeout     = 10 * time.Second
+	maxPacketSizeLimit      = 268_435_460 // MQTT's own ceiling
+)
+
+// Policy modes.
+const (
+	ModeAllowAll = "allow_all"
+)
+
+// Load reads, parses and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse parses YAML and validates it. Unknown keys are errors.
+func Parse(data []byte) (*Config, error) {
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s", friendlyYAML(err))
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// friendlyYAML rewrites the YAML library's wording for unknown keys.
+func friendlyYAML(err error) string {
+	s := err.Error()
+	s = strings.TrimPrefix(s, "yaml: unmarshal errors:\n")
+	if strings.Contains(s, "not found in type") {
+		s = strings.ReplaceAll(s, "not found in type config.", "is not a known key of ")
+		s += " (see docs/config.md for the keys each section takes)"
+	}
+	return strings.TrimSpace(s)
+}
+
+// Validate fills defaults and checks every field, reporting all problems.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+	}
+
+	if len(c.Listeners) == 0 {
+		bad("listeners", "at least one listener is required, e.g. [{name: mqtt, address: \"127.0.0.1:1883\", transport: tcp}]")
+	}
+	names := map[string]bool{}
+	addrs := map[string]bool{}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		f := fmt.Sprintf("listeners[%d]", i)
+		if l.Name == "" {
+			bad(f+".name", "required; give each listener a unique name such as \"mqtts\"")
+		} else if names[l.Name] {
+			bad(f+".name", "%q is used by another listener; names must be unique", l.Name)
+		}
+		names[l.Name] = true
+		if err := checkHostPort(l.Address); err != nil {
+			bad(f+".address", "%v", err)
+		} else if addrs[l.Address] {
+			bad(f+".address", "%q is used by another listener", l.Address)
+		}
+		addrs[l.Address] = true
+		switch l.Transport {
+		case "":
+			l.Transport = "tcp"
+			if l.TLS != nil {
+				l.Transport = "tls"
+			}
+		case "tcp", "tls":
+		default:
+			bad(f+".transport", "%q is not supported; use tcp or tls", l.Transport)
+		}
+		if l.Transport == "tcp" && l.TLS != nil {
+			bad(f+".tls", "set on a tcp listener; use transport: tls or remove the tls section")
+		}
+		if l.Transport == "tls" {
+			if l.TLS == nil {
+				bad(f+".tls", "required for transport tls: give cert_file and key_file (`moat certs` writes dev ones to certs/)")
+				continue
+			}
+			validateServerTLS(l.TLS, f+".tls", bad)
+		}
+	}
+
+	if c.Upstream.Address == "" {
+		bad("upstream.address", "required: the broker's host:port, e.g. \"127.0.0.1:1884\"")
+	} else if err := checkHostPort(c.Upstream.Address); err != nil {
+		bad("upstream.address", "%v", err)
+	}
+	c.Upstream.DialTimeout = positiveDuration(c.Upstream.DialTimeout, DefaultDialTimeout, "upstream.dial_timeout", bad)
+	if t := c.Upstream.TLS; t != nil {
+		if (t.CertFile == "") != (t.KeyFile == "") {
+			bad("upstream.tls", "cert_file and key_file go together; set both or neither")
+		}
+		for field, path := range map[string]string{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile} {
+			checkFile("upstream.tls."+field, path, bad)
+		}
+		if t.ServerName == "" {
+			if host, _, err := net.SplitHostPort(c.Upstream.Address); err == nil {
+				t.ServerName = host
+			}
+		}
+	}
+
+	switch {
+	case c.Limits.MaxPacketSize == 0:
+		c.Limits.MaxPacketSize = DefaultMaxPacketSize
+	case c.Limits.MaxPacketSize < 64:
+		bad("limits.max_packet_size", "%d bytes is too small for MQTT; use at least 64 (default 1MiB)", c.Limits.MaxPacketSize)
+	case c.Limits.MaxPacketSize > maxPacketSizeLimit:
+		bad("limits.max_packet_size", "%d bytes exceeds MQTT's maximum of %d", c.Limits.MaxPacketSize, maxPacketSizeLimit)
+	}
+	c.Limits.ConnectTimeout = positiveDuration(c.Limits.ConnectTimeout, DefaultConnectTimeout, "limits.connect_timeout", bad)
+	c.Limits.WriteTimeout = positiveDuration(c.Limits.WriteTimeout, DefaultWriteTimeout, "limits.write_timeout", bad)
+
+	if c.Policy == nil {
+		bad("policy", "missing. moat denies by default and will not start without a policy; "+
+			"to forward every well-formed packet (testing only) set `policy: {mode: allow_all}`")
+	} else {
+		switch c.Policy.Mode {
+		case ModeAllowAll:
+		case "":
+			bad("policy.mode", "required; the available mode is allow_all")
+		default:
+			bad("policy.mode", "%q is not a mode this version knows; the available mode is allow_all", c.Policy.Mode)
+		}
+	}
+
+	c.Shutdown.DrainTimeout = positiveDuration(c.Shutdown.DrainTimeout, DefaultDrainTimeout, "shutdown.drain_timeout", bad)
+
+	switch c.Log.Level {
+	case "":
+		c.Log.Level = "info"
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not a level; use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "":
+		c.Log.Format = "json"
+	case "json", "text":
+	default:
+		bad("log.format", "%q is not a format; use json or text", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+func validateServerTLS(t *ServerTLS, f string, bad func(string, string, ...any)) {
+	if t.CertFile == "" {
+		bad(f+".cert_file", "required: the PEM server certificate (`moat certs` writes certs/server.crt)")
+	}
+	if t.KeyFile == "" {
+		bad(f+".key_file", "required: the PEM private key of cert_file (`moat certs` writes certs/server.key)")
+	}
+	checkFile(f+".cert_file", t.CertFile, bad)
+	checkFile(f+".key_file", t.KeyFile, bad)
+	checkFile(f+".client_ca_file", t.ClientCAFile, bad)
+	switch t.ClientAuth {
+	case "":
+		t.ClientAuth = "none"
+	case "none", "request":
+	case "verify_if_given", "require":
+		if t.ClientCAFile == "" {
+			bad(f+".client_ca_file", "required when client_auth is %s: the CA bundle that signs client certificates", t.ClientAuth)
+		}
+	default:
+		bad(f+".client_auth", "%q is not supported; use none, request, verify_if_given or require", t.ClientAuth)
+	}
+	switch t.MinVersion {
+	case "":
+		t.MinVersion = "1.2"
+	case "1.2", "1.3":
+	default:
+		bad(f+".min_version", "%q is not allowed; use 1.2 or 1.3 (older TLS versions are insecure)", t.MinVersion)
+	}
+	t.HandshakeTimeout = positiveDuration(t.HandshakeTimeout, DefaultHandshakeTimeout, f+".handshake_timeout", bad)
+}
+
+func positiveDuration(d, def time.Duration, field string, bad func(string, string, ...any)) time.Duration {
+	if d == 0 {
+		return def
+	}
+	if d < 0 {
+		bad(field, "%v is negative; use a positive duration such as %v", d, def)
+	}
+	return d
+}
+
+func checkFile(field, path string, bad func(string, string, ...any)) {
+	if path == "" {
+		return
+	}
+	if _, err := os.Stat(path); err != nil {
+		bad(field, "cannot read %q: %v", path, errors.Unwrap(err))
+	}
+}
+
+func checkHostPort(addr string) error {
+	if addr == "" {
+		return errors.New("required: host:port, e.g. \"127.0.0.1:1883\"")
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (%v); IPv6 addresses go in brackets, e.g. \"[::1]:1883\"", addr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	return nil
+}
+
+// ByteSize is a size in bytes. YAML may give a number or a string with a
+// unit: B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024).
+type ByteSize int64
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseByteSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// ParseByteSize parses "1048576", "1MiB", "256 KiB", "2MB".
+func ParseByteSize(s string) (ByteSize, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	num, unit := t[:i], strings.TrimSpace(t[i:])
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size; write a number of bytes or use a unit such as 256KiB or 1MiB", s)
+	}
+	mult := map[string]int64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9,
+		"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("%q: unknown unit %q; use B, KB, MB, GB, KiB, MiB or GiB", s, unit)
+	}
+	if n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return ByteSize(n * mult), nil
+}

@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+
+	"github.com/moat-mqtt/moat/codec"
+)
+
+// clientToBroker reads packets from the client, checks each and forwards
+// the permitted ones to the broker. A named type so goroutine dumps say
+// which direction a stack belongs to.
+type clientToBroker struct{ s *session }
+
+// brokerToClient reads packets from the broker, checks each and relays them
+// to the client.
+type brokerToClient struct{ s *session }
+
+func (p clientToBroker) run() {
+	s := p.s
+	var (
+		pub codec.Publish
+		ack codec.Ack
+	)
+	for {
+		s.armKeepAlive()
+		if s.draining.Load() {
+			p.drain()
+			return
+		}
+		f, err := s.cr.ReadPacket()
+		if err != nil {
+			p.readError(err)
+			return
+		}
+		if err := p.check(f, &pub, &ack); err != nil {
+			s.log.Info("client protocol error", "client_id", s.connect.ClientID, "type", f.Type.String(), "error", err)
+			s.end(endClientError, codec.ReasonOf(err), err.Error())
+			return
+		}
+		if f.Type == codec.DISCONNECT {
+			s.uw.write(f.Bytes, true)
+			s.end(endClientDisconnect, codec.Success, "client disconnected")
+			return
+		}
+		if err := s.uw.write(f.Bytes, s.cr.Buffered() == 0); err != nil {
+			s.end(endUpstreamGone, codec.UnspecifiedError, "writing to the broker failed: "+err.Error())
+			return
+		}
+	}
+}
+
+// check validates one client packet. PUBLISH and the acks, the bulk of the
+// traffic, decode into reused structs without allocating.
+func (p clientToBroker) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) error {
+	s := p.s
+	if !f.Type.FromClient() {
+		// Server-only packets (CONNACK, SUBACK, ...) from a client.
+		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-2.1.2", Msg: f.Type.String() + " may only be sent by a server"}
+	}
+	switch f.Type {
+	case codec.PUBLISH:
+		if err := codec.DecodePublish(pub, f, s.version); err != nil {
+			return err
+		}
+		if pub.Properties.Has(codec.PropSubscriptionID) {
+			// [MQTT-3.3.4-6] a client PUBLISH has no Subscription Identifier.
+			return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.3.4-6", Msg: "PUBLISH from a client carries a Subscription Identifier"}
+		}
+		return nil
+	case codec.PUBACK, codec.PUBREC, codec.PUBREL, codec.PUBCOMP:
+		return codec.DecodeAck(ack, f, s.version)
+	case codec.CONNECT:
+		// [MQTT-3.1.0-2] a second CONNECT is a protocol error.
+		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.1.0-2", Msg: "second CONNECT on the connection"}
+	}
+	_, err := codec.Decode(f, s.version)
+	return err
+}
+
+// readError ends the session after a failed client read.
+func (p clientToBroker) readError(err error) {
+	s := p.s
+	if s.ended.Load() {
+		return
+	}
+	var ce *codec.Error
+	switch {
+	case errors.As(err, &ce):
+		s.log.Info("client protocol error", "client_id", s.connect.ClientID, "error", err)
+		s.end(endClientError, ce.Code, err.Error())
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		if s.draining.Load() {
+			p.drain()
+			return
+		}
+		s.log.Info("keep alive timeout", "client_id", s.connect.ClientID, "keep_alive", s.connect.KeepAlive)
+		s.end(endClientError, codec.KeepAliveTimeout, "keep alive timeout")
+	case errors.Is(err, io.EOF):
+		s.end(endClientGone, codec.Success, "client closed the connection without DISCONNECT")
+	default:
+		if errors.Is(err, net.ErrClosed) {
+			s.end(endClientGone, codec.Success, "connection closed")
+			return
+		}
+		s.end(endClientGone, codec.Success, "client connection failed: "+err.Error())
+	}
+}
+
+// drain hands the broker a normal DISCONNECT so the session ends without
+// the will, and lets the other pump relay the broker's remaining packets.
+func (p clientToBroker) drain() {
+	s := p.s
+	d, _ := (&codec.Disconnect{}).Append(nil, s.version)
+	s.uw.write(d, true)
+	s.end(endShutdown, codec.ServerShuttingDown, "server shutting down")
+}
+
+func (p brokerToClient) run() {
+	s := p.s
+	var (
+		pub codec.Publish
+		ack codec.Ack
+	)
+	for {
+		f, err := s.ur.ReadPacket()
+		if err != nil {
+			p.readError(err)
+			return
+		}
+		if err := p.check(f, &pub, &ack); err != nil {
+			s.log.Warn("broker protocol error", "client_id", s.connect.ClientID, "type", f.Type.String(), "error", err)
+			s.end(endUpstreamError, codec.ReasonOf(err), "upstream broker sent an invalid packet")
+			return
+		}
+		if f.Type == codec.DISCONNECT {
+			s.cw.write(f.Bytes, true)
+			s.end(endUpstreamDisconnect, codec.Success, "broker sent DISCONNECT")
+			return
+		}
+		if err := s.cw.write(f.Bytes, s.ur.Buffered() == 0); err != nil {
+			s.end(endClientGone, codec.Success, "writing to the client failed: "+err.Error())
+			return
+		}
+	}
+}
+
+func (p brokerToClient) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) error {
+	s := p.s
+	if !f.Type.FromServer() || f.Type == codec.CONNACK {
+		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-2.1.2", Msg: f.Type.String() + " is not valid from the broker here"}
+	}
+	switch f.Type {
+	case codec.PUBLISH:
+		return codec.DecodePublish(pub, f, s.version)
+	case codec.PUBACK, codec.PUBREC, codec.PUBREL, codec.PUBCOMP:
+		return codec.DecodeAck(ack, f, s.version)
+	}
+	_, err := codec.Decode(f, s.version)
+	return err
+}
+
+func (p brokerToClient) readError(err error) {
+	s := p.s
+	if s.ended.Load() {
+		return
+	}
+	var ce *codec.Error
+	switch {
+	case errors.As(err, &ce):
+		s.log.Warn("broker protocol error", "client_id", s.connect.ClientID, "error", err)
+		s.end(endUpstreamError, ce.Code, "upstream broker sent an invalid packet")
+	case errors.Is(err, io.EOF):
+		s.end(endUpstreamGone, codec.UnspecifiedError, "upstream broker closed the connection")
+	default:
+		s.end(endUpstreamGone, codec.UnspecifiedError, "upstream connection failed")
+	}
+}

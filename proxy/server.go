@@ -1,0 +1,194 @@
+// Package proxy is moat's data path: listeners, one session per client
+// connection, the upstream dialer, and the two pumps that move checked
+// packets between a client and the broker.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/moat-mqtt/moat/config"
+)
+
+// Server accepts clients on its listeners and proxies each to the upstream.
+type Server struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	upstream *tls.Config // nil for plain TCP to the broker
+
+	listeners []*listener
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	closing  bool
+	wg       sync.WaitGroup // accept loops and sessions
+
+	nextID atomic.Uint64
+}
+
+type listener struct {
+	cfg config.Listener
+	tls *tls.Config
+	ln  net.Listener
+}
+
+// New checks what cannot be checked by config validation alone (that the
+// certificates load) and returns a Server that is not yet listening.
+func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log, sessions: map[*session]struct{}{}}
+	for _, lc := range cfg.Listeners {
+		l := &listener{cfg: lc}
+		if lc.Transport == "tls" {
+			tc, err := serverTLS(lc.TLS)
+			if err != nil {
+				return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
+			}
+			l.tls = tc
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	if cfg.Upstream.TLS != nil {
+		tc, err := upstreamTLS(cfg.Upstream.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("upstream: %w", err)
+		}
+		s.upstream = tc
+	}
+	if cfg.Policy != nil && cfg.Policy.Mode == config.ModeAllowAll {
+		log.Warn("running without policies: policy.mode is allow_all, every well-formed packet is forwarded")
+	}
+	return s, nil
+}
+
+// Start binds every listener and starts accepting. If one cannot bind, the
+// others are closed and the error names the listener.
+func (s *Server) Start() error {
+	for _, l := range s.listeners {
+		ln, err := net.Listen("tcp", l.cfg.Address)
+		if err != nil {
+			for _, o := range s.listeners {
+				if o.ln != nil {
+					o.ln.Close()
+				}
+			}
+			return fmt.Errorf("listener %q: %w", l.cfg.Name, err)
+		}
+		l.ln = ln
+	}
+	for _, l := range s.listeners {
+		s.log.Info("listening", "listener", l.cfg.Name, "address", l.ln.Addr().String(), "transport", l.cfg.Transport)
+		s.wg.Add(1)
+		go s.acceptLoop(l)
+	}
+	return nil
+}
+
+// Addr returns the bound address of the named listener, or nil.
+func (s *Server) Addr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.cfg.Name == name && l.ln != nil {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+func (s *Server) acceptLoop(l *listener) {
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Error("accept failed", "listener", l.cfg.Name, "error", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if tc, ok := conn.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+		}
+		sess := newSession(s, l, conn)
+		if !s.track(sess) {
+			conn.Close()
+			return
+		}
+		go sess.serve()
+	}
+}
+
+func (s *Server) track(sess *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) forget(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Sessions reports how many client connections are open.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Shutdown stops accepting, asks every session to drain (stop reading from
+// its client at a packet boundary, hand the broker a DISCONNECT, deliver
+// what the broker still sends) and waits for them until ctx ends; sessions
+// still open then are closed. MQTT 5 clients are told 0x8B (server
+// shutting down).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	sessions := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	for _, l := range s.listeners {
+		if l.ln != nil {
+			l.ln.Close()
+		}
+	}
+	for _, sess := range sessions {
+		sess.drain()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.forceClose()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}

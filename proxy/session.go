@@ -1,0 +1,505 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/moat-mqtt/moat/codec"
+)
+
+// Buffer sizes per direction. Reads are batched through bufio so a burst of
+// small packets costs one syscall; writes are coalesced and flushed when the
+// reading side has nothing more buffered.
+const (
+	readBufSize  = 4 << 10
+	writeBufSize = 4 << 10
+	lingerTime   = 500 * time.Millisecond
+)
+
+// endKind says why a session ended and so how each side is closed.
+type endKind int
+
+const (
+	endNone             endKind = iota
+	endClientGone               // client closed or reset without DISCONNECT: the broker sees an abrupt close (will fires)
+	endClientDisconnect         // client sent DISCONNECT: forwarded, broker closes gracefully
+	endClientError              // client broke the protocol or timed out: v5 DISCONNECT with a reason, abrupt upstream close
+	endUpstreamGone             // broker closed without DISCONNECT
+	endUpstreamDisconnect       // broker sent DISCONNECT: forwarded to the client
+	endUpstreamError            // broker sent something invalid
+	endShutdown                 // moat is shutting down: drain, then v5 DISCONNECT 0x8B
+)
+
+// session is one client connection and its upstream connection.
+type session struct {
+	srv    *Server
+	lst    *listener
+	id     uint64
+	log    *slog.Logger
+	client net.Conn
+	start  time.Time
+
+	cr *codec.Reader // client -> moat
+	cw *peerWriter   // moat -> client
+
+	upstream net.Conn
+	ur       *codec.Reader // broker -> moat
+	uw       *peerWriter   // moat -> broker
+
+	connect   *codec.Connect
+	version   codec.Version
+	keepAlive time.Duration // 1.5 x the negotiated keep alive, 0 for none
+	armedAt   time.Time     // when the keep alive deadline was last set
+	// clientMaxPacket is the client's own Maximum Packet Size (MQTT 5), for
+	// packets moat writes to it; 0 means no limit beyond the protocol's.
+	clientMaxPacket int
+
+	draining atomic.Bool
+	ended    atomic.Bool // set once end has run: later errors are consequences
+	endOnce  sync.Once
+	kind     endKind
+	reason   string
+	code     codec.ReasonCode
+
+	mu     sync.Mutex // guards closed
+	closed bool
+}
+
+func newSession(srv *Server, l *listener, conn net.Conn) *session {
+	id := srv.nextID.Add(1)
+	s := &session{
+		srv:    srv,
+		lst:    l,
+		id:     id,
+		client: conn,
+		start:  time.Now(),
+	}
+	s.log = srv.log.With("conn", id, "listener", l.cfg.Name, "remote", conn.RemoteAddr().String())
+	if l.tls != nil {
+		s.client = tls.Server(conn, l.tls)
+	}
+	return s
+}
+
+// serve runs the session to its end. It is the connection's first
+// goroutine and becomes the client->broker pump.
+func (s *session) serve() {
+	defer s.srv.forget(s)
+	defer s.closeAll()
+	if err := s.establish(); err != nil {
+		s.log.Debug("connection refused", "error", err)
+		return
+	}
+	s.log.Info("client connected", "client_id", s.connect.ClientID, "username", s.connect.Username,
+		"protocol", s.version.String(), "clean_start", s.connect.CleanStart, "keep_alive", s.connect.KeepAlive)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		brokerToClient{s}.run()
+	}()
+	clientToBroker{s}.run()
+	<-done
+
+	if s.kind == endShutdown {
+		if s.version == codec.V5 {
+			s.sendClientDisconnect(codec.ServerShuttingDown, "server shutting down")
+		}
+		s.lingerClient()
+	}
+	s.log.Info("client disconnected", "client_id", s.connect.ClientID, "duration", time.Since(s.start).Round(time.Millisecond).String(),
+		"reason", s.reason)
+}
+
+// establish runs the TLS handshake, reads CONNECT, dials the broker and
+// relays its CONNACK. On error the client has been answered where the
+// protocol allows, and serve's deferred closeAll cleans up.
+func (s *session) establish() error {
+	lim := &s.srv.cfg.Limits
+	if tc, ok := s.client.(*tls.Conn); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), s.lst.cfg.TLS.HandshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.log.Info("tls handshake failed", "error", err)
+			return err
+		}
+	}
+	s.cr = codec.NewReader(bufio.NewReaderSize(s.client, readBufSize), int(lim.MaxPacketSize))
+	s.cw = newPeerWriter(s.client, lim.WriteTimeout)
+
+	// [MQTT-3.1.0-1] the first packet must be CONNECT, and it must arrive
+	// complete within connect_timeout.
+	s.client.SetReadDeadline(time.Now().Add(lim.ConnectTimeout))
+	f, err := s.cr.ReadPacket()
+	if err != nil {
+		s.logReadError("reading CONNECT", err)
+		return err
+	}
+	if f.Type != codec.CONNECT {
+		s.log.Info("first packet is not CONNECT; closing", "type", f.Type.String())
+		return fmt.Errorf("first packet %s", f.Type)
+	}
+	c, err := codec.DecodeConnect(f)
+	if err != nil {
+		s.log.Info("invalid CONNECT", "error", err)
+		s.refuseConnect(c, err)
+		return err
+	}
+	s.connect, s.version = c, c.Version
+	s.setKeepAlive(c.KeepAlive)
+	if c.Version == codec.V5 && c.Properties.Has(codec.PropMaximumPacketSize) {
+		s.clientMaxPacket = int(c.Properties.MaximumPacketSize)
+	}
+
+	// Dial the broker and forward CONNECT.
+	up, err := s.dialUpstream()
+	if err != nil {
+		s.log.Warn("upstream unavailable", "upstream", s.srv.cfg.Upstream.Address, "error", err)
+		s.sendConnack(c.Version, codec.ServerUnavailable, codec.ConnRefusedServerUnavailable)
+		return err
+	}
+	s.mu.Lock()
+	s.upstream = up
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return errors.New("session closed while dialing")
+	}
+	s.ur = codec.NewReader(bufio.NewReaderSize(up, readBufSize), int(lim.MaxPacketSize))
+	s.uw = newPeerWriter(up, lim.WriteTimeout)
+
+	connectBytes := f.Bytes
+	if c.Version == codec.V5 && (!c.Properties.Has(codec.PropMaximumPacketSize) ||
+		int(c.Properties.MaximumPacketSize) > int(lim.MaxPacketSize)) {
+		// Ask the broker not to send this client more than moat accepts,
+		// so an oversized message is dropped by the broker rather than
+		// cutting the session here.
+		fwd := *c
+		fwd.Properties.Set(codec.PropMaximumPacketSize)
+		fwd.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
+		if connectBytes, err = fwd.Append(nil, c.Version); err != nil {
+			return fmt.Errorf("re-encoding CONNECT: %w", err)
+		}
+	}
+	if err := s.uw.write(connectBytes, true); err != nil {
+		s.log.Warn("upstream write failed", "error", err)
+		s.sendConnack(c.Version, codec.ServerUnavailable, codec.ConnRefusedServerUnavailable)
+		return err
+	}
+
+	// Relay the broker's CONNACK.
+	up.SetReadDeadline(time.Now().Add(lim.ConnectTimeout))
+	f, err = s.ur.ReadPacket()
+	if err == nil && f.Type != codec.CONNACK {
+		err = fmt.Errorf("broker answered CONNECT with %s", f.Type)
+	}
+	var ack *codec.Connack
+	if err == nil {
+		var p codec.Packet
+		p, err = codec.Decode(f, c.Version)
+		ack, _ = p.(*codec.Connack)
+	}
+	if err != nil {
+		s.log.Warn("upstream did not accept the connection", "upstream", s.srv.cfg.Upstream.Address, "error", err)
+		s.sendConnack(c.Version, codec.ServerUnavailable, codec.ConnRefusedServerUnavailable)
+		return err
+	}
+	up.SetReadDeadline(time.Time{})
+	connack := f.Bytes
+	if c.Version == codec.V5 {
+		if ack.Properties.Has(codec.PropServerKeepAlive) {
+			s.setKeepAlive(ack.Properties.ServerKeepAlive)
+		}
+		// Tell the client the largest packet moat accepts [MQTT-3.2.2-15].
+		if !ack.Properties.Has(codec.PropMaximumPacketSize) || int(ack.Properties.MaximumPacketSize) > int(lim.MaxPacketSize) {
+			ack.Properties.Set(codec.PropMaximumPacketSize)
+			ack.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
+			if connack, err = ack.Append(nil, codec.V5); err != nil {
+				return fmt.Errorf("re-encoding CONNACK: %w", err)
+			}
+		}
+	}
+	if err := s.cw.write(connack, true); err != nil {
+		return err
+	}
+	if ack.ReasonCode != 0 {
+		s.log.Info("broker refused the connection", "client_id", c.ClientID, "code", ack.ReasonCode)
+		return fmt.Errorf("broker refused the connection with code 0x%02X", ack.ReasonCode)
+	}
+	s.client.SetReadDeadline(time.Time{})
+	return nil
+}
+
+func (s *session) dialUpstream() (net.Conn, error) {
+	cfg := &s.srv.cfg.Upstream
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+	defer cancel()
+	d := &net.Dialer{}
+	if s.srv.upstream != nil {
+		td := &tls.Dialer{NetDialer: d, Config: s.srv.upstream}
+		return td.DialContext(ctx, "tcp", cfg.Address)
+	}
+	conn, err := d.DialContext(ctx, "tcp", cfg.Address)
+	if err == nil {
+		conn.(*net.TCPConn).SetNoDelay(true)
+	}
+	return conn, err
+}
+
+// refuseConnect answers an invalid CONNECT in the client's protocol where
+// the spec gives a way to say why, and otherwise just closes.
+func (s *session) refuseConnect(c *codec.Connect, err error) {
+	if c == nil {
+		return
+	}
+	code := codec.ReasonOf(err)
+	switch code {
+	case codec.UnsupportedProtocolVersion:
+		// [MQTT-3.1.2-2] answer 0x84 to a v5 level, return code 1 otherwise.
+		s.sendConnack(c.Version, codec.UnsupportedProtocolVersion, codec.ConnRefusedVersion311)
+	case codec.ClientIdentifierNotValid:
+		s.sendConnack(c.Version, code, codec.ConnRefusedIdentifier311)
+	default:
+		if c.Version == codec.V5 {
+			s.sendConnack(c.Version, code, 0)
+		}
+		// [MQTT-3.1.4-1] 3.x has no return code for a malformed CONNECT: close.
+	}
+}
+
+func (s *session) sendConnack(v codec.Version, code5 codec.ReasonCode, code3 byte) {
+	ack := &codec.Connack{ReasonCode: code3}
+	if v == codec.V5 {
+		ack.ReasonCode = byte(code5)
+	} else {
+		v = codec.V311
+	}
+	b, err := ack.Append(nil, v)
+	if err == nil {
+		s.cw.write(b, true)
+		s.lingerClient()
+	}
+}
+
+// setKeepAlive arms the client read deadline at 1.5 x keep alive
+// [MQTT-3.1.2-24]; 0 disables it.
+func (s *session) setKeepAlive(ka uint16) {
+	s.keepAlive = time.Duration(ka) * 1500 * time.Millisecond
+}
+
+// armKeepAlive moves the client read deadline forward. To keep a syscall
+// and a timer update off every packet it re-arms at most every keep
+// alive/8, with that much slack added, so a client is never cut before 1.5
+// x keep alive and at most keep alive/8 after.
+func (s *session) armKeepAlive() {
+	if s.keepAlive == 0 {
+		return
+	}
+	now := time.Now()
+	slack := s.keepAlive / 12 // (1.5 x ka) / 12 = ka / 8
+	if now.Sub(s.armedAt) < slack {
+		return
+	}
+	s.armedAt = now
+	s.client.SetReadDeadline(now.Add(s.keepAlive + slack))
+}
+
+// drain asks the session to finish: stop reading from the client at a
+// packet boundary, hand the broker DISCONNECT, relay what it still sends.
+func (s *session) drain() {
+	s.draining.Store(true)
+	s.client.SetReadDeadline(time.Now())
+}
+
+// forceClose closes both connections now.
+func (s *session) forceClose() {
+	s.end(endShutdown, codec.ServerShuttingDown, "drain deadline passed")
+	s.closeAll()
+}
+
+// end records why the session ends (first caller wins) and closes what must
+// be closed so the other pump stops.
+func (s *session) end(kind endKind, code codec.ReasonCode, reason string) {
+	s.endOnce.Do(func() {
+		s.ended.Store(true)
+		s.kind, s.code, s.reason = kind, code, reason
+		switch kind {
+		case endClientDisconnect, endShutdown:
+			// Let the broker close after it has processed everything; the
+			// broker->client pump keeps relaying until then.
+			s.closeUpstreamWrite()
+		case endClientGone:
+			s.closeUpstream()
+			s.client.Close()
+		case endClientError:
+			// The broker sees an abrupt close, so it publishes the will
+			// as it would for any client that broke the protocol.
+			s.closeUpstream()
+			if s.version == codec.V5 {
+				s.sendClientDisconnect(code, reason)
+			}
+			s.lingerClient()
+		case endUpstreamGone, endUpstreamError:
+			if kind == endUpstreamError && s.version == codec.V5 {
+				s.writeUpstreamDisconnect(codec.MalformedPacket)
+			}
+			s.closeUpstream()
+			if s.version == codec.V5 {
+				s.sendClientDisconnect(codec.UnspecifiedError, reason)
+			}
+			s.lingerClient()
+		case endUpstreamDisconnect:
+			s.closeUpstream()
+			s.lingerClient()
+		}
+	})
+}
+
+// sendClientDisconnect writes an MQTT 5 DISCONNECT to the client, keeping
+// within the client's Maximum Packet Size.
+func (s *session) sendClientDisconnect(code codec.ReasonCode, reason string) {
+	d := &codec.Disconnect{ReasonCode: code}
+	// [MQTT-3.14.2-?] a reason string may be dropped, never the packet.
+	if reason != "" && (s.clientMaxPacket == 0 || len(reason)+16 <= s.clientMaxPacket) {
+		d.Properties.Set(codec.PropReasonString)
+		d.Properties.ReasonString = []byte(reason)
+	}
+	b, err := d.Append(nil, codec.V5)
+	if err != nil {
+		return
+	}
+	s.cw.writeFinal(b)
+}
+
+func (s *session) writeUpstreamDisconnect(code codec.ReasonCode) {
+	if s.uw == nil {
+		return
+	}
+	d := &codec.Disconnect{ReasonCode: code}
+	b, _ := d.Append(nil, s.version)
+	s.uw.writeFinal(b)
+}
+
+// lingerClient half-closes the client connection and discards what it
+// still sends for a moment, so the last packet moat wrote is not lost to a
+// reset caused by unread data.
+func (s *session) lingerClient() {
+	closeWrite(s.client)
+	s.client.SetReadDeadline(time.Now().Add(lingerTime))
+	io.Copy(io.Discard, io.LimitReader(s.client, 64<<10))
+	s.client.Close()
+}
+
+func (s *session) closeUpstreamWrite() {
+	s.mu.Lock()
+	up := s.upstream
+	s.mu.Unlock()
+	if up != nil {
+		closeWrite(up)
+		up.SetReadDeadline(time.Now().Add(s.srv.cfg.Shutdown.DrainTimeout))
+	}
+}
+
+func (s *session) closeUpstream() {
+	s.mu.Lock()
+	up := s.upstream
+	s.mu.Unlock()
+	if up != nil {
+		up.Close()
+	}
+}
+
+func (s *session) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	up := s.upstream
+	s.mu.Unlock()
+	s.client.Close()
+	if up != nil {
+		up.Close()
+	}
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+}
+
+func (s *session) logReadError(what string, err error) {
+	var ce *codec.Error
+	switch {
+	case errors.As(err, &ce):
+		s.log.Info(what, "error", err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.log.Info(what+": timed out", "error", err)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		s.log.Debug(what+": connection closed", "error", err)
+	default:
+		s.log.Debug(what, "error", err)
+	}
+}
+
+// peerWriter serialises writes to one connection: both pumps may write to
+// the client (a relayed packet, or one moat answers itself).
+type peerWriter struct {
+	mu      sync.Mutex
+	conn    net.Conn
+	bw      *bufio.Writer
+	timeout time.Duration
+	armedAt time.Time
+}
+
+func newPeerWriter(conn net.Conn, timeout time.Duration) *peerWriter {
+	return &peerWriter{conn: conn, bw: bufio.NewWriterSize(conn, writeBufSize), timeout: timeout}
+}
+
+// write queues b and flushes when asked. The write deadline is re-armed at
+// most every timeout/8, so a peer that stops reading is cut after between
+// 7/8 and 1 x the timeout.
+func (w *peerWriter) write(b []byte, flush bool) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.timeout > 0 {
+		if now := time.Now(); now.Sub(w.armedAt) > w.timeout/8 {
+			w.armedAt = now
+			w.conn.SetWriteDeadline(now.Add(w.timeout))
+		}
+	}
+	if _, err := w.bw.Write(b); err != nil {
+		return err
+	}
+	if flush {
+		return w.bw.Flush()
+	}
+	return nil
+}
+
+// writeFinal writes a last packet under a short deadline. The deadline is
+// set before taking the lock too, so a writer blocked on a peer that does
+// not read gives the lock up promptly.
+func (w *peerWriter) writeFinal(b []byte) error {
+	deadline := time.Now().Add(lingerTime)
+	w.conn.SetWriteDeadline(deadline)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.conn.SetWriteDeadline(deadline)
+	w.armedAt = deadline // no re-arm for the final write
+	if _, err := w.bw.Write(b); err != nil {
+		return err
+	}
+	return w.bw.Flush()
+}
