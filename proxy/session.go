@@ -30,14 +30,14 @@ const (
 type endKind int
 
 const (
-	endNone             endKind = iota
-	endClientGone               // client closed or reset without DISCONNECT: the broker sees an abrupt close (will fires)
-	endClientDisconnect         // client sent DISCONNECT: forwarded, broker closes gracefully
-	endClientError              // client broke the protocol or timed out: v5 DISCONNECT with a reason, abrupt upstream close
-	endUpstreamGone             // broker closed without DISCONNECT
-	endUpstreamDisconnect       // broker sent DISCONNECT: forwarded to the client
-	endUpstreamError            // broker sent something invalid
-	endShutdown                 // moat is shutting down: drain, then v5 DISCONNECT 0x8B
+	endNone               endKind = iota
+	endClientGone                 // client closed or reset without DISCONNECT: the broker sees an abrupt close (will fires)
+	endClientDisconnect           // client sent DISCONNECT: forwarded, broker closes gracefully
+	endClientError                // client broke the protocol or timed out: v5 DISCONNECT with a reason, abrupt upstream close
+	endUpstreamGone               // broker closed without DISCONNECT
+	endUpstreamDisconnect         // broker sent DISCONNECT: forwarded to the client
+	endUpstreamError              // broker sent something invalid
+	endShutdown                   // moat is shutting down: drain, then v5 DISCONNECT 0x8B
 )
 
 // session is one client connection and its upstream connection.
