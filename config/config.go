@@ -200,7 +200,8 @@ func (c *Config) Validate() error {
 		names[l.Name] = true
 		if err := checkHostPort(l.Address); err != nil {
 			bad(f+".address", "%v", err)
-		} else if addrs[l.Address] {
+		} else if addrs[l.Address] && !strings.HasSuffix(l.Address, ":0") {
+			// Port 0 asks the system for a free port, so it may repeat.
 			bad(f+".address", "%q is used by another listener", l.Address)
 		}
 		addrs[l.Address] = true
