@@ -251,7 +251,7 @@ func paho3(t *testing.T, addr string, tc *tls.Config, id string, clean bool) mqt
 }
 
 func paho3Options(addr, id string, clean bool) *mqtt3.ClientOptions {
-	return mqtt3.NewClientOptions().AddBroker("tcp://"+addr).SetClientID(id).SetProtocolVersion(4).
+	return mqtt3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
 		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).SetKeepAlive(30 * time.Second).
 		SetConnectTimeout(10 * time.Second).SetOrderMatters(true)
 }
