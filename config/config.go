@@ -166,15 +166,34 @@ func Parse(data []byte) (*Config, error) {
 	return &cfg, nil
 }
 
-// friendlyYAML rewrites the YAML library's wording for unknown keys.
+// yamlSections maps Go type names in YAML errors to the section they are.
+var yamlSections = map[string]string{
+	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
+	"config.Upstream": "upstream", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
+	"config.Policy": "policy", "config.Shutdown": "shutdown", "config.Log": "log",
+}
+
+// friendlyYAML rewrites the YAML library's errors in the file's own terms.
 func friendlyYAML(err error) string {
-	s := err.Error()
-	s = strings.TrimPrefix(s, "yaml: unmarshal errors:\n")
-	if strings.Contains(s, "not found in type") {
-		s = strings.ReplaceAll(s, "not found in type config.", "is not a known key of ")
-		s += " (see docs/config.md for the keys each section takes)"
+	lines := strings.Split(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "\n")
+	for i, l := range lines {
+		l = strings.TrimSpace(l)
+		if j := strings.Index(l, " not found in type "); j >= 0 {
+			typ := l[j+len(" not found in type "):]
+			sec, ok := yamlSections[typ]
+			if !ok {
+				sec = typ
+			}
+			l = l[:j] + " is not a key of " + sec + " (docs/config.md lists the keys)"
+			l = strings.Replace(l, "field ", "", 1)
+		}
+		if j := strings.Index(l, "cannot unmarshal !!str `"); j >= 0 && strings.HasSuffix(l, "into time.Duration") {
+			v := strings.TrimSuffix(l[j+len("cannot unmarshal !!str `"):], "` into time.Duration")
+			l = l[:j] + fmt.Sprintf("%q is not a duration; write one like 500ms, 10s or 2m", v)
+		}
+		lines[i] = l
 	}
-	return strings.TrimSpace(s)
+	return strings.Join(lines, "\n")
 }
 
 // Validate fills defaults and checks every field, reporting all problems.

@@ -40,10 +40,13 @@ Usage:
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, sigs))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+// run executes one command; signals is where `moat run` learns to stop.
+func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -51,7 +54,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "run":
-		err = cmdRun(args[1:], stdout, stderr)
+		err = cmdRun(args[1:], stdout, stderr, signals)
 	case "check-config":
 		err = cmdCheckConfig(args[1:], stdout, stderr)
 	case "certs":
@@ -140,7 +143,7 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-func cmdRun(args []string, stdout, stderr io.Writer) error {
+func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "configuration file (omit for the quick start)")
@@ -169,10 +172,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	for sig := range sigs {
+	for sig := range signals {
 		if sig == syscall.SIGHUP {
 			log.Warn("SIGHUP received: this version does not reload its configuration; restart moat to apply changes")
 			continue

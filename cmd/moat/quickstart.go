@@ -16,7 +16,8 @@ import (
 )
 
 // Quick start addresses: loopback only, so nothing is exposed by accident.
-const (
+// Variables so tests can move them to free ports.
+var (
 	quickTLS   = "127.0.0.1:8883"
 	quickPlain = "127.0.0.1:1883"
 	quickCerts = "certs"

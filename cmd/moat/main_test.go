@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-mqtt/moat/internal/devpki"
+	"github.com/moat-mqtt/moat/internal/mqtttest"
+)
+
+func runCmd(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb, nil)
+	return code, out.String(), errb.String()
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	if code, out, _ := runCmd("version"); code != 0 || !strings.HasPrefix(out, "moat ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+	if code, _, errs := runCmd("frobnicate"); code != 2 || !strings.Contains(errs, "unknown command") {
+		t.Fatalf("unknown command: %d %q", code, errs)
+	}
+	if code, _, _ := runCmd(); code != 2 {
+		t.Fatalf("no command: %d", code)
+	}
+}
+
+func TestCerts(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	code, out, errs := runCmd("certs", "--dir", dir, "--client", "sensor-1")
+	if code != 0 {
+		t.Fatalf("certs: %d %s", code, errs)
+	}
+	for _, f := range []string{devpki.CACert, devpki.CAKey, devpki.ServerCert, devpki.ServerKey, "client-sensor-1.crt", "client-sensor-1.key"} {
+		if !strings.Contains(out, f) {
+			t.Errorf("output does not mention %s", f)
+		}
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(f, ".key") && st.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, st.Mode().Perm())
+		}
+	}
+	if code, out, _ := runCmd("certs", "--dir", dir); code != 0 || !strings.Contains(out, "already present") {
+		t.Fatalf("second run: %d %q", code, out)
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all}\n"), 0o644)
+	if code, out, errs := runCmd("check-config", "--config", good); code != 0 || !strings.Contains(out, "OK") {
+		t.Fatalf("good config: %d %q %q", code, out, errs)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\n"), 0o644)
+	if code, _, errs := runCmd("check-config", "--config", bad); code != 1 || !strings.Contains(errs, "policy: missing") {
+		t.Fatalf("bad config: %d %q", code, errs)
+	}
+	// A certificate file that exists but is not a certificate.
+	junk := filepath.Join(dir, "junk.pem")
+	os.WriteFile(junk, []byte("not a certificate"), 0o600)
+	tlsCfg := filepath.Join(dir, "tls.yaml")
+	os.WriteFile(tlsCfg, []byte("listeners: [{name: a, address: \"127.0.0.1:8883\", transport: tls, tls: {cert_file: "+junk+", key_file: "+junk+"}}]\nupstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all}\n"), 0o644)
+	if code, _, errs := runCmd("check-config", "--config", tlsCfg); code != 1 || !strings.Contains(errs, "listener \"a\"") {
+		t.Fatalf("junk certificate: %d %q", code, errs)
+	}
+	if code, _, errs := runCmd("run", "--config", bad); code != 1 || !strings.Contains(errs, "policy: missing") {
+		t.Fatalf("run with bad config: %d %q", code, errs)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestQuickStart runs `moat run` with no configuration, as the README
+// says, and sends a message through its TLS listener with the mosquitto
+// command-line clients.
+func TestQuickStart(t *testing.T) {
+	t.Chdir(t.TempDir())
+	quickTLS, quickPlain = mqtttest.FreePort(t), mqtttest.FreePort(t)
+	var out, errs syncBuf
+	sigs := make(chan os.Signal, 1)
+	done := make(chan int, 1)
+	go func() { done <- run([]string{"run"}, &out, &errs, sigs) }()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", quickTLS); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("quick start did not listen: %s %s", out.String(), errs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "mosquitto_sub") {
+		t.Fatalf("quick start does not say how to connect:\n%s", out.String())
+	}
+	host, port, _ := net.SplitHostPort(quickTLS)
+	ca := filepath.Join("certs", devpki.CACert)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	sub := exec.CommandContext(ctx, "mosquitto_sub", "-h", host, "-p", port, "--cafile", ca, "-t", "demo/#", "-C", "1", "-W", "10")
+	var subOut bytes.Buffer
+	sub.Stdout = &subOut
+	if err := sub.Start(); err != nil {
+		t.Fatalf("mosquitto_sub: %v (install mosquitto-clients)", err)
+	}
+	subDone := make(chan error, 1)
+	go func() { subDone <- sub.Wait() }()
+	for i := 0; ; i++ {
+		pub := exec.CommandContext(ctx, "mosquitto_pub", "-h", host, "-p", port, "--cafile", ca, "-t", "demo/hello", "-m", "hello through moat")
+		if b, err := pub.CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_pub: %v: %s", err, b)
+		}
+		select {
+		case err := <-subDone:
+			if err != nil || strings.TrimSpace(subOut.String()) != "hello through moat" {
+				t.Fatalf("mosquitto_sub: %v %q", err, subOut.String())
+			}
+			sigs <- syscall.SIGTERM
+			if code := <-done; code != 0 {
+				t.Fatalf("moat exited %d: %s", code, errs.String())
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if i > 50 {
+			t.Fatalf("no message through the quick start: %s", errs.String())
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// inDirWithCerts runs the test in a temporary folder holding empty files
+// where the example configuration expects certificates.
+func inDirWithCerts(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"server.crt", "server.key", "ca.crt"} {
+		if err := os.WriteFile(filepath.Join(dir, "certs", f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Chdir(dir)
+}
+
+func TestExampleConfig(t *testing.T) {
+	data, err := os.ReadFile("../moat.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inDirWithCerts(t)
+	cfg, err := Parse(data)
+	if err != nil {
+		t.Fatalf("moat.example.yaml is invalid: %v", err)
+	}
+	if len(cfg.Listeners) != 2 || cfg.Listeners[0].TLS.ClientAuth != "verify_if_given" {
+		t.Fatalf("unexpected listeners: %+v", cfg.Listeners)
+	}
+	if cfg.Limits.MaxPacketSize != 1<<20 || cfg.Limits.ConnectTimeout != 10*time.Second {
+		t.Fatalf("limits: %+v", cfg.Limits)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Parse([]byte(`
+listeners: [{name: a, address: "127.0.0.1:1883"}]
+upstream: {address: "127.0.0.1:1884"}
+policy: {mode: allow_all}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listeners[0].Transport != "tcp" || cfg.Limits.MaxPacketSize != DefaultMaxPacketSize ||
+		cfg.Limits.ConnectTimeout != DefaultConnectTimeout || cfg.Limits.WriteTimeout != DefaultWriteTimeout ||
+		cfg.Upstream.DialTimeout != DefaultDialTimeout || cfg.Shutdown.DrainTimeout != DefaultDrainTimeout ||
+		cfg.Log.Level != "info" || cfg.Log.Format != "json" {
+		t.Fatalf("defaults not filled: %+v", cfg)
+	}
+}
+
+func TestErrorsNameTheField(t *testing.T) {
+	base := "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all}\n"
+	listener := "listeners: [{name: a, address: \"127.0.0.1:1883\"}]\n"
+	cases := []struct{ name, yaml, want string }{
+		{"unknown key", listener + base + "limits: {max_packet_sise: 10}\n", "max_packet_sise"},
+		{"unknown top key", listener + base + "polcy: {}\n", "polcy"},
+		{"no listeners", base, "listeners: at least one listener"},
+		{"no policy", listener + "upstream: {address: \"127.0.0.1:1884\"}\n", "policy: missing"},
+		{"unknown mode", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_everything}\n", "policy.mode"},
+		{"no upstream", listener + "policy: {mode: allow_all}\n", "upstream.address: required"},
+		{"bad address", "listeners: [{name: a, address: \"localhost\"}]\n" + base, "listeners[0].address"},
+		{"bad port", "listeners: [{name: a, address: \"127.0.0.1:99999\"}]\n" + base, "port"},
+		{"duplicate name", "listeners: [{name: a, address: \"127.0.0.1:1\"}, {name: a, address: \"127.0.0.1:2\"}]\n" + base, "listeners[1].name"},
+		{"duplicate address", "listeners: [{name: a, address: \"127.0.0.1:1\"}, {name: b, address: \"127.0.0.1:1\"}]\n" + base, "listeners[1].address"},
+		{"bad transport", "listeners: [{name: a, address: \"127.0.0.1:1\", transport: quic}]\n" + base, "listeners[0].transport"},
+		{"tls without files", "listeners: [{name: a, address: \"127.0.0.1:1\", transport: tls}]\n" + base, "listeners[0].tls"},
+		{"tls missing cert", "listeners: [{name: a, address: \"127.0.0.1:1\", transport: tls, tls: {key_file: k}}]\n" + base, "listeners[0].tls.cert_file: required"},
+		{"cert file missing on disk", "listeners: [{name: a, address: \"127.0.0.1:1\", transport: tls, tls: {cert_file: /nonexistent.crt, key_file: /nonexistent.key}}]\n" + base, "cannot read \"/nonexistent.crt\""},
+		{"bad client auth", "listeners: [{name: a, address: \"127.0.0.1:1\", tls: {cert_file: /dev/null, key_file: /dev/null, client_auth: always}}]\n" + base, "client_auth"},
+		{"require without CA", "listeners: [{name: a, address: \"127.0.0.1:1\", tls: {cert_file: /dev/null, key_file: /dev/null, client_auth: require}}]\n" + base, "client_ca_file: required"},
+		{"old TLS", "listeners: [{name: a, address: \"127.0.0.1:1\", tls: {cert_file: /dev/null, key_file: /dev/null, min_version: \"1.0\"}}]\n" + base, "min_version"},
+		{"tiny packet size", listener + base + "limits: {max_packet_size: 10}\n", "limits.max_packet_size"},
+		{"huge packet size", listener + base + "limits: {max_packet_size: 1GiB}\n", "exceeds MQTT's maximum"},
+		{"bad size unit", listener + base + "limits: {max_packet_size: 10 parsecs}\n", "unknown unit"},
+		{"negative timeout", listener + base + "limits: {connect_timeout: -1s}\n", "limits.connect_timeout"},
+		{"bad duration", listener + base + "limits: {connect_timeout: soon}\n", "soon"},
+		{"upstream cert without key", listener + "upstream: {address: \"127.0.0.1:1884\", tls: {cert_file: /dev/null}}\npolicy: {mode: allow_all}\n", "upstream.tls"},
+		{"bad log level", listener + base + "log: {level: loud}\n", "log.level"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(c.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestAllErrorsReported(t *testing.T) {
+	_, err := Parse([]byte("listeners: [{address: nowhere}]\n"))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{"listeners[0].name", "listeners[0].address", "upstream.address", "policy"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	cases := map[string]ByteSize{"1024": 1024, "1KiB": 1024, "1 MiB": 1 << 20, "2MB": 2e6, "5B": 5, "1GiB": 1 << 30}
+	for in, want := range cases {
+		got, err := ParseByteSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5MiB", "12 furlongs", "99999999999999999999"} {
+		if _, err := ParseByteSize(in); err == nil {
+			t.Errorf("ParseByteSize(%q) accepted", in)
+		}
+	}
+}
