@@ -85,6 +85,11 @@ log_type information
 connection_messages true
 %s
 `, port, extra)
+	if os.Geteuid() == 0 {
+		// Mosquitto started as root drops to user "mosquitto", which cannot
+		// read the test's key files; a test broker has nothing to protect.
+		conf += "user root\n"
+	}
 	path := filepath.Join(dir, "mosquitto.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
