@@ -144,9 +144,9 @@ func TestWillOnAbruptDisconnect(t *testing.T) {
 		rude.Expect(5 * time.Second)
 		rude.Conn.Close()
 	}
-	got := rec.wait(t, 2, 10*time.Second)
+	rec.wait(t, 2, 10*time.Second)
 	time.Sleep(300 * time.Millisecond) // a wrongly fired polite will would arrive by now
-	got = rec.wait(t, 2, time.Second)
+	got := rec.wait(t, 2, time.Second)
 	if len(got) != 2 {
 		t.Fatalf("got %d wills, want 2: %+v", len(got), got)
 	}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: vet, staticcheck, the tests with the race detector
+# (end-to-end ones against a real Mosquitto), and a short run of every fuzz
+# target. Needs Go and the Debian packages mosquitto and mosquitto-clients.
+#   FUZZTIME=10s (default) sets how long each fuzz target runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin"
+FUZZTIME="${FUZZTIME:-10s}"
+
+echo "== gofmt"
+unformatted="$(gofmt -l .)"
+if [ -n "$unformatted" ]; then echo "not gofmt-ed:"; echo "$unformatted"; exit 1; fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== staticcheck (pinned as a tool in go.mod)"
+go tool staticcheck ./...
+
+echo "== go test -race"
+go test -race -count=1 -timeout 20m ./...
+
+echo "== fuzz ($FUZZTIME per target)"
+for pkg in $(go list ./...); do
+  dir="$(go list -f '{{.Dir}}' "$pkg")"
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+    echo "-- $pkg $target"
+    go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" "$pkg"
+  done
+done
+echo "== all tests passed"
