@@ -30,7 +30,7 @@ import (
 // env is Mosquitto with moat in front of it: a plain listener, a TLS one
 // and a mutual-TLS one, and a dev PKI with client "alice".
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	broker *mqtttest.Broker
 	srv    *proxy.Server
 	cfg    *config.Config
@@ -41,13 +41,13 @@ type env struct {
 	pool   *x509.CertPool
 }
 
-func newEnv(t *testing.T, mutate func(*config.Config)) *env {
+func newEnv(t testing.TB, mutate func(*config.Config)) *env {
 	t.Helper()
 	broker := mqtttest.Start(t, "")
 	return newEnvWithBroker(t, broker, mutate)
 }
 
-func newEnvWithBroker(t *testing.T, broker *mqtttest.Broker, mutate func(*config.Config)) *env {
+func newEnvWithBroker(t testing.TB, broker *mqtttest.Broker, mutate func(*config.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	if _, err := devpki.Ensure(dir, "alice"); err != nil {
@@ -141,7 +141,7 @@ func (r *received) add(m msg) {
 }
 
 // wait returns once n messages have arrived, or fails after timeout.
-func (r *received) wait(t *testing.T, n int, timeout time.Duration) []msg {
+func (r *received) wait(t testing.TB, n int, timeout time.Duration) []msg {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -167,7 +167,7 @@ func (r *received) count() int {
 	return len(r.msgs)
 }
 
-func dial(t *testing.T, addr string, tc *tls.Config) net.Conn {
+func dial(t testing.TB, addr string, tc *tls.Config) net.Conn {
 	t.Helper()
 	var (
 		c   net.Conn
@@ -185,7 +185,7 @@ func dial(t *testing.T, addr string, tc *tls.Config) net.Conn {
 }
 
 // paho5 connects an MQTT 5 client (paho.golang) whose messages go to rec.
-func paho5(t *testing.T, addr string, tc *tls.Config, id string, rec *received) *paho.Client {
+func paho5(t testing.TB, addr string, tc *tls.Config, id string, rec *received) *paho.Client {
 	t.Helper()
 	c := paho5Client(t, addr, tc, id, rec)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -201,7 +201,7 @@ func paho5(t *testing.T, addr string, tc *tls.Config, id string, rec *received) 
 	return c
 }
 
-func paho5Client(t *testing.T, addr string, tc *tls.Config, id string, rec *received) *paho.Client {
+func paho5Client(t testing.TB, addr string, tc *tls.Config, id string, rec *received) *paho.Client {
 	conn := packets.NewThreadSafeConn(dial(t, addr, tc))
 	cfg := paho.ClientConfig{ClientID: id, Conn: conn}
 	if rec != nil {
@@ -215,7 +215,7 @@ func paho5Client(t *testing.T, addr string, tc *tls.Config, id string, rec *rece
 	return paho.NewClient(cfg)
 }
 
-func sub5(t *testing.T, c *paho.Client, filter string, qos byte) {
+func sub5(t testing.TB, c *paho.Client, filter string, qos byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -228,7 +228,7 @@ func sub5(t *testing.T, c *paho.Client, filter string, qos byte) {
 	}
 }
 
-func pub5(t *testing.T, c *paho.Client, topic, payload string, qos byte, retain bool) {
+func pub5(t testing.TB, c *paho.Client, topic, payload string, qos byte, retain bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -238,7 +238,7 @@ func pub5(t *testing.T, c *paho.Client, topic, payload string, qos byte, retain 
 }
 
 // paho3 connects an MQTT 3.1.1 client (paho.mqtt.golang).
-func paho3(t *testing.T, addr string, tc *tls.Config, id string, clean bool) mqtt3.Client {
+func paho3(t testing.TB, addr string, tc *tls.Config, id string, clean bool) mqtt3.Client {
 	t.Helper()
 	o := paho3Options(addr, id, clean)
 	if tc != nil {
@@ -256,7 +256,7 @@ func paho3Options(addr, id string, clean bool) *mqtt3.ClientOptions {
 		SetConnectTimeout(10 * time.Second).SetOrderMatters(true)
 }
 
-func newPaho3(t *testing.T, o *mqtt3.ClientOptions) mqtt3.Client {
+func newPaho3(t testing.TB, o *mqtt3.ClientOptions) mqtt3.Client {
 	t.Helper()
 	c := mqtt3.NewClient(o)
 	tok := c.Connect()
@@ -266,14 +266,14 @@ func newPaho3(t *testing.T, o *mqtt3.ClientOptions) mqtt3.Client {
 	return c
 }
 
-func wait3(t *testing.T, tok mqtt3.Token, what string) {
+func wait3(t testing.TB, tok mqtt3.Token, what string) {
 	t.Helper()
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("%s: %v", what, tok.Error())
 	}
 }
 
-func sub3(t *testing.T, c mqtt3.Client, filter string, qos byte, rec *received) {
+func sub3(t testing.TB, c mqtt3.Client, filter string, qos byte, rec *received) {
 	t.Helper()
 	wait3(t, c.Subscribe(filter, qos, func(_ mqtt3.Client, m mqtt3.Message) {
 		rec.add(msg{Topic: m.Topic(), Payload: string(m.Payload()), QoS: m.Qos(), Retain: m.Retained()})
@@ -281,7 +281,7 @@ func sub3(t *testing.T, c mqtt3.Client, filter string, qos byte, rec *received) 
 }
 
 // mosquittoTool runs mosquitto_pub or mosquitto_sub with a timeout.
-func mosquittoTool(t *testing.T, timeout time.Duration, name string, args ...string) (string, error) {
+func mosquittoTool(t testing.TB, timeout time.Duration, name string, args ...string) (string, error) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		t.Fatalf("%s not found: install mosquitto-clients (`apt-get install -y mosquitto-clients`; .ci/run does)", name)
@@ -293,7 +293,7 @@ func mosquittoTool(t *testing.T, timeout time.Duration, name string, args ...str
 }
 
 // testLogger keeps moat's log in memory and prints it if the test fails.
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	var buf logBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -320,7 +320,7 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-func hostPort(t *testing.T, addr string) (string, string) {
+func hostPort(t testing.TB, addr string) (string, string) {
 	h, p, err := net.SplitHostPort(addr)
 	if err != nil {
 		t.Fatal(err)
