@@ -28,6 +28,7 @@ func TestHostileInput(t *testing.T) {
 	e := newEnv(t, func(c *config.Config) {
 		c.Limits.MaxPacketSize = limit
 		c.Limits.ConnectTimeout = 2 * time.Second
+		c.Listeners[1].TLS.HandshakeTimeout = time.Second
 	})
 	// A subscriber on the broker's own port sees everything that reaches it.
 	seen := newReceived()
@@ -114,6 +115,42 @@ func TestHostileInput(t *testing.T) {
 		c.Send([]byte{0x10, 0x80, 0x80, 0xe8, 0x5f})
 		if got := c.ExpectClosed(5 * time.Second); len(got) != 0 {
 			t.Fatalf("got %v", got[0].Type())
+		}
+	})
+
+	t.Run("unsupported protocol name or level", func(t *testing.T) {
+		cases := []struct {
+			name string
+			body []byte
+			v    codec.Version // version the CONNACK is written in
+			code byte
+		}{
+			{"MQTT level 3", []byte{0, 4, 'M', 'Q', 'T', 'T', 3, 2, 0, 30, 0, 1, 'c'}, codec.V311, codec.ConnRefusedVersion311},
+			{"MQIsdp level 4", []byte{0, 6, 'M', 'Q', 'I', 's', 'd', 'p', 4, 2, 0, 30, 0, 1, 'c'}, codec.V311, codec.ConnRefusedVersion311},
+			{"MQTT level 6", []byte{0, 4, 'M', 'Q', 'T', 'T', 6, 2, 0, 30, 0, 1, 'c'}, codec.V311, codec.ConnRefusedVersion311},
+			{"MQIsdp level 5", []byte{0, 6, 'M', 'Q', 'I', 's', 'd', 'p', 5, 2, 0, 30, 0, 1, 'c'}, codec.V5, byte(codec.UnsupportedProtocolVersion)},
+			{"HTTP level 4", []byte{0, 4, 'H', 'T', 'T', 'P', 4, 2, 0, 30, 0, 1, 'c'}, codec.V311, codec.ConnRefusedVersion311},
+		}
+		for _, tc := range cases {
+			c := mqtttest.DialRaw(t, e.plain, nil)
+			c.V = tc.v
+			c.Send(append([]byte{0x10, byte(len(tc.body))}, tc.body...))
+			got := c.ExpectClosed(5 * time.Second)
+			if len(got) != 1 {
+				t.Fatalf("%s: got %d packets, want one CONNACK", tc.name, len(got))
+			}
+			if ack, ok := got[0].(*codec.Connack); !ok || ack.ReasonCode != tc.code {
+				t.Fatalf("%s: got %+v, want CONNACK 0x%02X", tc.name, got[0], tc.code)
+			}
+		}
+	})
+
+	t.Run("TLS handshake never started", func(t *testing.T) {
+		c := mqtttest.DialRaw(t, e.tls, nil)
+		start := time.Now()
+		c.ExpectClosed(10 * time.Second)
+		if d := time.Since(start); d < time.Second {
+			t.Fatalf("closed after %v, before handshake_timeout", d)
 		}
 	})
 
