@@ -324,3 +324,38 @@ func TestV5Properties(t *testing.T) {
 		t.Fatalf("properties changed in transit: %+v", p)
 	}
 }
+
+// TestClientAuthVerifyIfGiven: a client without a certificate is let in, one
+// with a certificate from the configured CA too, and one whose certificate
+// comes from another CA is refused during the handshake.
+func TestClientAuthVerifyIfGiven(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		opt := *c.Listeners[2].TLS
+		opt.ClientAuth = "verify_if_given"
+		c.Listeners = append(c.Listeners, config.Listener{Name: "optional", Address: "127.0.0.1:0", Transport: "tls", TLS: &opt})
+	})
+	addr := e.srv.Addr("optional").String()
+	paho5(t, addr, e.tlsConfig(""), "anon-tls", nil)
+	paho5(t, addr, e.tlsConfig("alice"), "alice-tls", nil)
+
+	other := t.TempDir()
+	if _, err := devpki.Ensure(other, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+	cert, key := devpki.ClientFiles(other, "mallory")
+	kp, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := e.tlsConfig("")
+	tc.Certificates = []tls.Certificate{kp}
+	conn, err := tls.Dial("tcp", addr, tc)
+	if err == nil {
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("certificate from another CA: %v", err)
+	}
+}
