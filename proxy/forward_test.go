@@ -60,7 +60,7 @@ func TestForwardedByteForByte(t *testing.T) {
 		0x32, 24,
 		0, 3, 'a', '/', 'b',
 		0, 9, // packet id
-		14, // property length
+		14,                         // property length
 		0x26, 0, 1, 'k', 0, 1, 'v', // user property
 		0x03, 0, 4, 't', 'e', 'x', 't', // content type
 		'h', 'i',
