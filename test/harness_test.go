@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -167,22 +166,7 @@ func (r *received) count() int {
 	return len(r.msgs)
 }
 
-func dial(t testing.TB, addr string, tc *tls.Config) net.Conn {
-	t.Helper()
-	var (
-		c   net.Conn
-		err error
-	)
-	if tc != nil {
-		c, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tc)
-	} else {
-		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
-	}
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
-	}
-	return c
-}
+func dial(t testing.TB, addr string, tc *tls.Config) net.Conn { return mqtttest.Dial(t, addr, tc) }
 
 // paho5 connects an MQTT 5 client (paho.golang) whose messages go to rec.
 func paho5(t testing.TB, addr string, tc *tls.Config, id string, rec *received) *paho.Client {
@@ -294,30 +278,13 @@ func mosquittoTool(t testing.TB, timeout time.Duration, name string, args ...str
 
 // testLogger keeps moat's log in memory and prints it if the test fails.
 func testLogger(t testing.TB) *slog.Logger {
-	var buf logBuffer
+	var buf mqtttest.SyncBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("moat log:\n%s", buf.String())
 		}
 	})
 	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func hostPort(t testing.TB, addr string) (string, string) {

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -83,21 +82,13 @@ func TestCheckConfig(t *testing.T) {
 	}
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // TestQuickStart runs `moat run` with no configuration, as the README
 // says, and sends a message through its TLS listener with the mosquitto
 // command-line clients.
 func TestQuickStart(t *testing.T) {
 	t.Chdir(t.TempDir())
 	quickTLS, quickPlain = mqtttest.FreePort(t), mqtttest.FreePort(t)
-	var out, errs syncBuf
+	var out, errs mqtttest.SyncBuffer
 	sigs := make(chan os.Signal, 1)
 	done := make(chan int, 1)
 	go func() { done <- run([]string{"run"}, &out, &errs, sigs) }()

@@ -20,7 +20,7 @@ import (
 type Broker struct {
 	Addr string // 127.0.0.1:port
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *SyncBuffer
 	done chan struct{}
 }
 
@@ -94,7 +94,7 @@ connection_messages true
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	b := &Broker{Addr: addr, log: &syncBuffer{}, done: make(chan struct{})}
+	b := &Broker{Addr: addr, log: &SyncBuffer{}, done: make(chan struct{})}
 	b.cmd = exec.Command(bin, "-c", path)
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	if err := b.cmd.Start(); err != nil {
@@ -139,18 +139,19 @@ func (b *Broker) Stop() {
 // Log returns what the broker logged so far.
 func (b *Broker) Log() string { return b.log.String() }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for concurrent writers, for logs.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

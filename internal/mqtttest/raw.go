@@ -21,8 +21,8 @@ type Raw struct {
 	V    codec.Version
 }
 
-// DialRaw connects to addr (with TLS when tc is not nil).
-func DialRaw(t testing.TB, addr string, tc *tls.Config) *Raw {
+// Dial connects to addr (with TLS when tc is not nil) or fails the test.
+func Dial(t testing.TB, addr string, tc *tls.Config) net.Conn {
 	t.Helper()
 	var (
 		c   net.Conn
@@ -36,6 +36,13 @@ func DialRaw(t testing.TB, addr string, tc *tls.Config) *Raw {
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
+	return c
+}
+
+// DialRaw connects to addr (with TLS when tc is not nil).
+func DialRaw(t testing.TB, addr string, tc *tls.Config) *Raw {
+	t.Helper()
+	c := Dial(t, addr, tc)
 	t.Cleanup(func() { c.Close() })
 	return &Raw{t: t, Conn: c, r: codec.NewReader(bufio.NewReader(c), 0), V: codec.V311}
 }
