@@ -75,6 +75,10 @@ func (p clientToBroker) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack)
 	case codec.CONNECT:
 		// [MQTT-3.1.0-2] a second CONNECT is a protocol error.
 		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.1.0-2", Msg: "second CONNECT on the connection"}
+	case codec.AUTH:
+		// [MQTT-4.12.0-7] no AUTH without an Authentication Method in CONNECT,
+		// and moat admits no CONNECT that has one.
+		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-4.12.0-7", Msg: "AUTH without enhanced authentication"}
 	}
 	_, err := codec.Decode(f, s.version)
 	return err
@@ -149,7 +153,7 @@ func (p brokerToClient) run() {
 
 func (p brokerToClient) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) error {
 	s := p.s
-	if !f.Type.FromServer() || f.Type == codec.CONNACK {
+	if !f.Type.FromServer() || f.Type == codec.CONNACK || f.Type == codec.AUTH {
 		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-2.1.2", Msg: f.Type.String() + " is not valid from the broker here"}
 	}
 	switch f.Type {

@@ -156,6 +156,13 @@ func (s *session) establish() error {
 		s.refuseConnect(c, err)
 		return err
 	}
+	if c.Version == codec.V5 && c.Properties.Has(codec.PropAuthMethod) {
+		// Enhanced authentication (AUTH exchanges) is not implemented: refuse
+		// it plainly rather than pass an unchecked exchange to the broker.
+		s.log.Info("enhanced authentication refused", "method", string(c.Properties.AuthMethod), "client_id", c.ClientID)
+		s.sendConnack(c.Version, codec.BadAuthenticationMethod, 0)
+		return errors.New("enhanced authentication is not supported")
+	}
 	s.connect, s.version = c, c.Version
 	s.setKeepAlive(c.KeepAlive)
 	if c.Version == codec.V5 && c.Properties.Has(codec.PropMaximumPacketSize) {

@@ -110,6 +110,31 @@ func TestHostileInput(t *testing.T) {
 		})
 	}
 
+	t.Run("enhanced authentication", func(t *testing.T) {
+		c := mqtttest.DialRaw(t, e.plain, nil)
+		c.V = codec.V5
+		conn := &codec.Connect{Version: codec.V5, CleanStart: true, ClientID: "scram", KeepAlive: 30}
+		conn.Properties.Set(codec.PropAuthMethod)
+		conn.Properties.AuthMethod = []byte("SCRAM-SHA-256")
+		c.SendPacket(conn)
+		got := c.ExpectClosed(5 * time.Second)
+		if len(got) != 1 {
+			t.Fatalf("got %d packets, want one CONNACK", len(got))
+		}
+		if ack, ok := got[0].(*codec.Connack); !ok || ack.ReasonCode != byte(codec.BadAuthenticationMethod) {
+			t.Fatalf("got %+v, want CONNACK 0x8C", got[0])
+		}
+	})
+
+	t.Run("AUTH without enhanced authentication", func(t *testing.T) {
+		c := connected(t, codec.V5, "auth")
+		a := &codec.Auth{ReasonCode: codec.ReAuthenticate}
+		a.Properties.Set(codec.PropAuthMethod)
+		a.Properties.AuthMethod = []byte("SCRAM-SHA-256")
+		c.SendPacket(a)
+		expectRefused(t, c, codec.ProtocolError)
+	})
+
 	t.Run("declared length over the limit in CONNECT", func(t *testing.T) {
 		c := mqtttest.DialRaw(t, e.plain, nil)
 		c.Send([]byte{0x10, 0x80, 0x80, 0xe8, 0x5f})
