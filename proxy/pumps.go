@@ -41,8 +41,7 @@ func (p clientToBroker) run() {
 			return
 		}
 		if f.Type == codec.DISCONNECT {
-			s.uw.write(f.Bytes, true)
-			s.end(endClientDisconnect, codec.Success, "client disconnected")
+			s.endWith(endClientDisconnect, codec.Success, "client disconnected", f.Bytes)
 			return
 		}
 		if err := s.uw.write(f.Bytes, s.cr.Buffered() == 0); err != nil {
@@ -118,8 +117,7 @@ func (p clientToBroker) readError(err error) {
 func (p clientToBroker) drain() {
 	s := p.s
 	d, _ := (&codec.Disconnect{}).Append(nil, s.version)
-	s.uw.write(d, true)
-	s.end(endShutdown, codec.ServerShuttingDown, "server shutting down")
+	s.endWith(endShutdown, codec.ServerShuttingDown, "server shutting down", d)
 }
 
 func (p brokerToClient) run() {

@@ -338,11 +338,21 @@ func (s *session) forceClose() {
 // end records why the session ends (first caller wins) and closes what must
 // be closed so the other pump stops.
 func (s *session) end(kind endKind, code codec.ReasonCode, reason string) {
+	s.endWith(kind, code, reason, nil)
+}
+
+// endWith is end with a last packet for the broker (a DISCONNECT), written
+// only once the outcome is decided, so the broker closing in answer cannot
+// be mistaken for the broker going away.
+func (s *session) endWith(kind endKind, code codec.ReasonCode, reason string, lastUp []byte) {
 	s.endOnce.Do(func() {
 		s.ended.Store(true)
 		s.kind, s.code, s.reason = kind, code, reason
 		switch kind {
 		case endClientDisconnect, endShutdown:
+			if lastUp != nil && s.uw != nil {
+				s.uw.write(lastUp, true)
+			}
 			// Let the broker close after it has processed everything; the
 			// broker->client pump keeps relaying until then.
 			s.closeUpstreamWrite()
