@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: vet, staticcheck, the tests with the race detector
 # (end-to-end ones against a real Mosquitto), and a short run of every fuzz
-# target. Needs Go and the Debian packages mosquitto and mosquitto-clients.
+# target, and a smoke run of the load harness. Needs Go and the Debian
+# packages mosquitto, mosquitto-clients and haproxy.
 #   FUZZTIME=10s (default) sets how long each fuzz target runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ go tool staticcheck ./...
 
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
+
+echo "== load harness smoke run (bench/, seconds)"
+go run ./bench -smoke > /dev/null
 
 echo "== fuzz ($FUZZTIME per target)"
 for pkg in $(go list ./...); do

@@ -1,0 +1,326 @@
+// Command bench is moat's side-by-side load harness. On loopback it starts
+// Mosquitto, HAProxy in TCP mode terminating TLS in front of it, and moat
+// terminating the same TLS, then drives the same load through each path:
+// closed-loop throughput, open-loop latency, fan-out, connection storms and
+// idle connections. It records each proxy's CPU time per message from
+// /proc and writes medians, ranges and ratios to docs/benchmarks.md.
+//
+//	go run ./bench                 full run (about 8 minutes on 2 cores)
+//	go run ./bench -smoke          seconds; what CI runs so the harness cannot rot
+//
+// Every run is bounded in count and time and stops by itself.
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/internal/devpki"
+)
+
+type options struct {
+	smoke   bool
+	reps    int
+	out     string // markdown file whose harness section is rewritten; empty: stdout only
+	raw     string // file for the raw samples (JSON)
+	policy  string
+	version int
+}
+
+func main() {
+	var o options
+	flag.BoolVar(&o.smoke, "smoke", false, "tiny counts and durations, for CI")
+	flag.IntVar(&o.reps, "reps", 3, "repetitions of every measurement (variants interleaved)")
+	flag.StringVar(&o.out, "out", "", "markdown file to write the results section into (e.g. docs/benchmarks.md)")
+	flag.StringVar(&o.raw, "raw", "", "file to write the raw samples to as JSON (e.g. docs/bench-raw.json)")
+	flag.StringVar(&o.policy, "policy", "allow_all", "policy moat runs with: allow_all (the only mode this version has)")
+	flag.IntVar(&o.version, "mqtt", 4, "protocol level of the load: 4 (3.1.1) or 5")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// path is one way from the load generator to the broker.
+type path struct {
+	name   string
+	addr   string
+	tls    *tls.Config
+	proc   *proc // the proxy, nil for direct
+	broker *proc
+}
+
+func (p *path) cpu() time.Duration {
+	if p.proc == nil {
+		return 0
+	}
+	return cpuTime(p.proc.pid())
+}
+
+func (p *path) brokerCPU() time.Duration { return cpuTime(p.broker.pid()) }
+
+// sample is one measurement: a rate (or other value) and, for proxies, the
+// proxy's CPU microseconds per operation.
+type sample struct {
+	value    float64
+	cpuPerOp float64
+	brokerOp float64
+	lat      latencyResult // latency scenarios only
+	note     string
+}
+
+// setup is everything the harness started.
+type setup struct {
+	dir      string
+	moatBin  string
+	cert     string
+	key      string
+	pool     *x509.CertPool
+	broker   *proc
+	brokerAd string
+	haproxy  *proc
+	moat     *proc
+	paths    []*path
+}
+
+func (s *setup) close() {
+	for _, p := range []*proc{s.moat, s.haproxy, s.broker} {
+		if p != nil {
+			p.stop()
+		}
+	}
+	os.RemoveAll(s.dir)
+}
+
+func (s *setup) clientTLS() *tls.Config {
+	return &tls.Config{RootCAs: s.pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}
+}
+
+func run(o options) error {
+	if o.policy != "allow_all" {
+		return fmt.Errorf("-policy %q: this version of moat has only allow_all", o.policy)
+	}
+	v := codec.Version(o.version)
+	if v != codec.V311 && v != codec.V5 {
+		return fmt.Errorf("-mqtt %d: use 4 or 5", o.version)
+	}
+	if o.smoke {
+		o.reps = 1
+	}
+	s, err := start()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+
+	r := newResults(o)
+	started := time.Now()
+	sc := scenarios(o)
+	for rep := 0; rep < o.reps; rep++ {
+		for _, scn := range sc {
+			for _, p := range s.paths {
+				if scn.skip != nil && scn.skip(p) {
+					continue
+				}
+				smp, err := scn.run(p, v)
+				if err != nil {
+					return fmt.Errorf("%s via %s: %w", scn.name, p.name, err)
+				}
+				r.add(scn.name, p.name, smp)
+				fmt.Fprintf(os.Stderr, "rep %d %-32s %-12s %12.1f %s\n", rep+1, scn.name, p.name, smp.value, smp.note)
+			}
+		}
+	}
+	if err := idleMemory(s, o, v, r); err != nil {
+		return err
+	}
+	if err := goroutinesPerConn(s, r); err != nil {
+		return err
+	}
+	r.elapsed = time.Since(started)
+	return r.write(o)
+}
+
+func start() (*setup, error) {
+	dir, err := os.MkdirTemp("", "moat-bench-")
+	if err != nil {
+		return nil, err
+	}
+	s := &setup{dir: dir}
+	if _, err := devpki.Ensure(dir); err != nil {
+		return nil, err
+	}
+	s.cert, s.key = filepath.Join(dir, devpki.ServerCert), filepath.Join(dir, devpki.ServerKey)
+	pem, err := os.ReadFile(filepath.Join(dir, devpki.CACert))
+	if err != nil {
+		return nil, err
+	}
+	s.pool = x509.NewCertPool()
+	s.pool.AppendCertsFromPEM(pem)
+
+	s.moatBin = filepath.Join(dir, "moat")
+	build := exec.Command("go", "build", "-o", s.moatBin, "github.com/moat-mqtt/moat/cmd/moat")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("building moat: %w", err)
+	}
+	if s.broker, s.brokerAd, err = startMosquitto(dir); err != nil {
+		return nil, err
+	}
+	ports := freePorts(4)
+	hTLS, hPlain, mTLS, mPlain := ports[0], ports[1], ports[2], ports[3]
+	if s.haproxy, err = startHAProxy(dir, s.cert, s.key, s.brokerAd, hTLS, hPlain); err != nil {
+		s.close()
+		return nil, err
+	}
+	if s.moat, err = startMoat(dir, s.moatBin, s.cert, s.key, s.brokerAd, mTLS, mPlain); err != nil {
+		s.close()
+		return nil, err
+	}
+	s.paths = []*path{
+		{name: "direct", addr: s.brokerAd, broker: s.broker},
+		{name: "haproxy-tls", addr: hTLS, tls: s.clientTLS(), proc: s.haproxy, broker: s.broker},
+		{name: "moat-tls", addr: mTLS, tls: s.clientTLS(), proc: s.moat, broker: s.broker},
+		{name: "haproxy-tcp", addr: hPlain, proc: s.haproxy, broker: s.broker},
+		{name: "moat-tcp", addr: mPlain, proc: s.moat, broker: s.broker},
+	}
+	return s, nil
+}
+
+// scenario is one measurement run against one path.
+type scenario struct {
+	name string
+	run  func(p *path, v codec.Version) (sample, error)
+	skip func(p *path) bool
+}
+
+func scenarios(o options) []scenario {
+	pubs, n, window := 10, 10000, 10
+	latDur := 5 * time.Second
+	rates := []int{5000, 20000}
+	fanSubs, fanMsgs := 100, 1000
+	stormWorkers, stormDur := 8, 3*time.Second
+	if o.smoke {
+		pubs, n = 2, 300
+		latDur, rates = 300*time.Millisecond, []int{1000}
+		fanSubs, fanMsgs = 5, 50
+		stormDur = 300 * time.Millisecond
+	}
+	var sc []scenario
+	for _, qos := range []byte{0, 1} {
+		for _, size := range []int{64, 1024, 16384} {
+			qos, size, count := qos, size, n
+			if size == 16384 {
+				count = max(n/10, 1)
+			}
+			sc = append(sc, scenario{
+				name: fmt.Sprintf("throughput QoS %d %s", qos, sizeName(size)),
+				run: func(p *path, v codec.Version) (sample, error) {
+					return throughput(p, v, qos, size, pubs, count, window)
+				},
+			})
+		}
+	}
+	for _, rate := range rates {
+		rate := rate
+		sc = append(sc, scenario{
+			name: fmt.Sprintf("latency %d msg/s", rate),
+			run: func(p *path, v codec.Version) (sample, error) {
+				l, err := latency(p, v, rate, latDur)
+				if err != nil {
+					return sample{}, err
+				}
+				return sample{value: float64(l.p99.Microseconds()), lat: l}, nil
+			},
+		})
+	}
+	sc = append(sc, scenario{
+		name: fmt.Sprintf("fan-out 1 to %d", fanSubs),
+		run:  func(p *path, v codec.Version) (sample, error) { return fanout(p, v, fanSubs, fanMsgs) },
+	})
+	for _, resume := range []bool{false, true} {
+		resume := resume
+		name := "connections/s full handshake"
+		if resume {
+			name = "connections/s resumed"
+		}
+		sc = append(sc, scenario{
+			name: name,
+			run: func(p *path, v codec.Version) (sample, error) {
+				return storm(p, v, resume, stormWorkers, stormDur)
+			},
+			// Resumption means nothing without TLS.
+			skip: func(p *path) bool { return resume && p.tls == nil },
+		})
+	}
+	return sc
+}
+
+func sizeName(n int) string {
+	if n >= 1024 {
+		return fmt.Sprintf("%d KiB", n/1024)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// idleMemory measures RSS growth per idle connection on fresh proxy
+// processes, plain and TLS.
+func idleMemory(s *setup, o options, v codec.Version, r *results) error {
+	counts := []int{5000, 9000}
+	if o.smoke {
+		counts = []int{200}
+	}
+	for _, n := range counts {
+		for _, kind := range []string{"moat", "haproxy"} {
+			for _, useTLS := range []bool{true, false} {
+				ports := freePorts(2)
+				tlsAddr, plainAddr := ports[0], ports[1]
+				var (
+					p   *proc
+					err error
+				)
+				if kind == "moat" {
+					p, err = startMoat(s.dir, s.moatBin, s.cert, s.key, s.brokerAd, tlsAddr, plainAddr)
+				} else {
+					p, err = startHAProxy(s.dir, s.cert, s.key, s.brokerAd, tlsAddr, plainAddr)
+				}
+				if err != nil {
+					return err
+				}
+				pa := &path{name: kind, addr: plainAddr, proc: p, broker: s.broker}
+				transport := "tcp"
+				if useTLS {
+					pa.addr, pa.tls, transport = tlsAddr, s.clientTLS(), "tls"
+				}
+				runtime.GC()
+				time.Sleep(300 * time.Millisecond)
+				before := rss(p.pid())
+				clients, err := idle(pa, v, n)
+				if err == nil {
+					time.Sleep(time.Second)
+					after := rss(p.pid())
+					r.add(fmt.Sprintf("idle memory %d connections", n), kind+"-"+transport,
+						sample{value: float64(after-before) / float64(n) / 1024, note: fmt.Sprintf("RSS %d -> %d KiB", before>>10, after>>10)})
+					fmt.Fprintf(os.Stderr, "idle %d %s-%s: %.1f KiB/conn\n", n, kind, transport, float64(after-before)/float64(n)/1024)
+				}
+				for _, c := range clients {
+					c.conn.Close()
+				}
+				p.stop()
+				if err != nil {
+					return fmt.Errorf("idle %d via %s-%s: %w", n, kind, transport, err)
+				}
+			}
+		}
+	}
+	return nil
+}

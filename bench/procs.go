@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// proc is a server process the harness started: Mosquitto, HAProxy or moat.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.b.Len() > 1<<20 {
+		return len(p), nil // keep the first MiB of a chatty process
+	}
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startProc runs bin with args and waits until addr accepts connections.
+func startProc(name, bin string, args []string, addr string) (*proc, error) {
+	p := &proc{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return p, nil
+		}
+		select {
+		case <-p.done:
+			return nil, fmt.Errorf("%s exited at start:\n%s", name, p.out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, fmt.Errorf("%s did not listen on %s:\n%s", name, addr, p.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// cpuTime is the user+system CPU time the process has used so far, all
+// threads included (/proc/PID/stat fields 14 and 15).
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	// The command name may hold spaces; fields start after its ')'.
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, 100 on Linux.
+const clockTicks = 100
+
+// rss is the resident set size of a process in bytes.
+func rss(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func freePort() string { return freePorts(1)[0] }
+
+// freePorts returns n distinct loopback addresses that were free a moment
+// ago (all held open together, so the kernel cannot hand one out twice).
+func freePorts(n int) []string {
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
+	}
+	return addrs
+}
+
+func lookBin(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found: install it with apt-get install -y %s", name, name)
+}
+
+// startMosquitto runs the broker every path ends at.
+func startMosquitto(dir string) (*proc, string, error) {
+	bin, err := lookBin("mosquitto")
+	if err != nil {
+		return nil, "", err
+	}
+	addr := freePort()
+	_, port, _ := net.SplitHostPort(addr)
+	conf := fmt.Sprintf(`listener %s 127.0.0.1
+allow_anonymous true
+persistence false
+set_tcp_nodelay true
+max_queued_messages 1000000
+max_inflight_messages 0
+max_connections -1
+log_dest none
+`, port)
+	if os.Geteuid() == 0 {
+		conf += "user root\n"
+	}
+	path := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, "", err
+	}
+	p, err := startProc("mosquitto", bin, []string{"-c", path}, addr)
+	return p, addr, err
+}
+
+// startHAProxy runs HAProxy in TCP mode terminating the same TLS as moat.
+// It also has a plain TCP frontend, the baseline for moat's plain listener.
+func startHAProxy(dir, certFile, keyFile, upstream, tlsAddr, plainAddr string) (*proc, error) {
+	bin, err := lookBin("haproxy")
+	if err != nil {
+		return nil, err
+	}
+	cert, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, err
+	}
+	key, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	pem := filepath.Join(dir, "haproxy.pem")
+	if err := os.WriteFile(pem, append(cert, key...), 0o600); err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`global
+    maxconn 9800
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend mqtts
+    bind %s ssl crt %s
+    default_backend broker
+frontend mqtt
+    bind %s
+    default_backend broker
+backend broker
+    server mosquitto %s
+`, tlsAddr, pem, plainAddr, upstream)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return startProc("haproxy", bin, []string{"-f", path, "-db"}, tlsAddr)
+}
+
+// startMoat runs the moat binary with a TLS and a plain listener.
+func startMoat(dir, bin, certFile, keyFile, upstream, tlsAddr, plainAddr string) (*proc, error) {
+	conf := fmt.Sprintf(`listeners:
+  - name: mqtts
+    address: "%s"
+    transport: tls
+    tls: {cert_file: %s, key_file: %s}
+  - name: mqtt
+    address: "%s"
+    transport: tcp
+upstream: {address: "%s"}
+limits: {max_packet_size: 1MiB}
+policy: {mode: allow_all}
+shutdown: {drain_timeout: 2s}
+log: {level: warn, format: text}
+`, tlsAddr, certFile, keyFile, plainAddr, upstream)
+	path := filepath.Join(dir, "moat.yaml")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return startProc("moat", bin, []string{"run", "--config", path}, tlsAddr)
+}

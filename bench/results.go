@@ -1,0 +1,367 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/proxy"
+)
+
+var pathOrder = []string{"direct", "haproxy-tls", "moat-tls", "haproxy-tcp", "moat-tcp"}
+
+type results struct {
+	o       options
+	order   []string                       // scenario names in first-seen order
+	samples map[string]map[string][]sample // scenario -> path -> samples
+	gor     map[string]float64             // goroutines per connection by transport
+	elapsed time.Duration
+}
+
+func newResults(o options) *results {
+	return &results{o: o, samples: map[string]map[string][]sample{}, gor: map[string]float64{}}
+}
+
+func (r *results) add(scn, path string, s sample) {
+	if r.samples[scn] == nil {
+		r.samples[scn] = map[string][]sample{}
+		r.order = append(r.order, scn)
+	}
+	r.samples[scn][path] = append(r.samples[scn][path], s)
+}
+
+type stat struct{ med, lo, hi float64 }
+
+func stats(xs []float64) (stat, bool) {
+	if len(xs) == 0 {
+		return stat{}, false
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return stat{med: s[len(s)/2], lo: s[0], hi: s[len(s)-1]}, true
+}
+
+func (r *results) values(scn, path string, f func(sample) float64) (stat, bool) {
+	var xs []float64
+	for _, s := range r.samples[scn][path] {
+		xs = append(xs, f(s))
+	}
+	return stats(xs)
+}
+
+func value(s sample) float64 { return s.value }
+func cpuOp(s sample) float64 { return s.cpuPerOp }
+
+func fmtNum(x float64) string {
+	switch {
+	case x >= 1000:
+		return fmt.Sprintf("%.0f", x)
+	case x >= 10:
+		return fmt.Sprintf("%.1f", x)
+	}
+	return fmt.Sprintf("%.2f", x)
+}
+
+func fmtStat(st stat, ok bool) string {
+	if !ok {
+		return "—"
+	}
+	if st.lo == st.hi {
+		return fmtNum(st.med)
+	}
+	return fmt.Sprintf("%s (%s–%s)", fmtNum(st.med), fmtNum(st.lo), fmtNum(st.hi))
+}
+
+func ratio(a, b stat, okA, okB bool) string {
+	if !okA || !okB || b.med == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", a.med/b.med)
+}
+
+// goroutinesPerConn counts goroutines per idle connection in process.
+func goroutinesPerConn(s *setup, r *results) error {
+	for _, transport := range []string{"tcp", "tls"} {
+		l := config.Listener{Name: "l", Address: "127.0.0.1:0", Transport: transport}
+		if transport == "tls" {
+			l.TLS = &config.ServerTLS{CertFile: s.cert, KeyFile: s.key}
+		}
+		cfg := &config.Config{Listeners: []config.Listener{l}, Upstream: config.Upstream{Address: s.brokerAd},
+			Policy: &config.Policy{Mode: config.ModeAllowAll}}
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		srv, err := proxy.New(cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
+		if err := srv.Start(); err != nil {
+			return err
+		}
+		p := &path{name: "in-process", addr: srv.Addr("l").String(), broker: s.broker}
+		if transport == "tls" {
+			p.tls = s.clientTLS()
+		}
+		const n = 200
+		runtime.GC()
+		before := runtime.NumGoroutine()
+		clients, err := idle(p, codec.V311, n)
+		time.Sleep(300 * time.Millisecond)
+		// The harness's own clients start no goroutines once connected.
+		after := runtime.NumGoroutine()
+		for _, c := range clients {
+			c.conn.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		srv.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		r.gor[transport] = float64(after-before) / n
+	}
+	return nil
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	first := func(name string, args ...string) string {
+		out, _ := exec.Command(name, args...).CombinedOutput()
+		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	mbin, _ := lookBin("mosquitto")
+	hbin, _ := lookBin("haproxy")
+	return fmt.Sprintf("%d CPUs (%s), Linux %s, %s, %s, %s", runtime.NumCPU(), model, strings.TrimSpace(string(kernel)),
+		runtime.Version(), first(mbin, "-h"), first(hbin, "-v"))
+}
+
+func (r *results) markdown() string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	cmd := "go run ./bench " + strings.Join(os.Args[1:], " ")
+	w("## Side-by-side load harness\n\n")
+	w("Run %s, `%s`, took %s.\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), strings.TrimSpace(cmd), r.elapsed.Round(time.Second))
+	w("Machine: %s. Load generator, proxies and Mosquitto share the cores; all traffic on loopback.\n\n", machine())
+	w("Paths: `direct` is the load generator straight to Mosquitto; `haproxy-tls` / `moat-tls` terminate the same TLS\n")
+	w("(same ECDSA P-256 certificate, TLS 1.3) and forward in plain TCP; `haproxy-tcp` / `moat-tcp` are their plain listeners.\n")
+	w("moat runs with `policy: %s` and decodes and validates every packet both ways. Each cell is the median, with min–max,\n", r.o.policy)
+	w("of %d run(s), variants interleaved. Protocol of the load: MQTT %s.\n\n", r.o.reps, codec.Version(r.o.version))
+
+	w("| measurement | unit | %s | moat-tls / haproxy-tls | moat-tls / direct |\n", strings.Join(pathOrder, " | "))
+	w("|---|---|%s---:|---:|\n", strings.Repeat("---:|", len(pathOrder)))
+	for _, scn := range r.order {
+		if strings.HasPrefix(scn, "idle") {
+			continue
+		}
+		unit := "msg/s"
+		switch {
+		case strings.HasPrefix(scn, "latency"):
+			unit = "p99 µs"
+		case strings.HasPrefix(scn, "fan-out"):
+			unit = "deliveries/s"
+		case strings.HasPrefix(scn, "connections"):
+			unit = "conn/s"
+		}
+		w("| %s | %s |", scn, unit)
+		for _, p := range pathOrder {
+			st, ok := r.values(scn, p, value)
+			w(" %s |", fmtStat(st, ok))
+		}
+		m, okm := r.values(scn, "moat-tls", value)
+		h, okh := r.values(scn, "haproxy-tls", value)
+		d, okd := r.values(scn, "direct", value)
+		w(" %s | %s |\n", ratio(m, h, okm, okh), ratio(m, d, okm, okd))
+	}
+
+	w("\nProxy CPU time per operation, µs (from /proc/PID/stat, all threads; 10 ms tick resolution):\n\n")
+	w("| measurement | haproxy-tls | moat-tls | moat / haproxy | haproxy-tcp | moat-tcp | moat / haproxy |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, scn := range r.order {
+		if strings.HasPrefix(scn, "idle") || strings.HasPrefix(scn, "latency") {
+			continue
+		}
+		ht, okht := r.values(scn, "haproxy-tls", cpuOp)
+		mt, okmt := r.values(scn, "moat-tls", cpuOp)
+		hp, okhp := r.values(scn, "haproxy-tcp", cpuOp)
+		mp, okmp := r.values(scn, "moat-tcp", cpuOp)
+		w("| %s | %s | %s | %s | %s | %s | %s |\n", scn, fmtStat(ht, okht), fmtStat(mt, okmt), ratio(mt, ht, okmt, okht),
+			fmtStat(hp, okhp), fmtStat(mp, okmp), ratio(mp, hp, okmp, okhp))
+	}
+
+	w("\nOpen-loop latency publisher -> broker -> subscriber, both through the path (µs, medians over runs):\n\n")
+	w("| rate | path | p50 | p99 | p99.9 | lost |\n|---|---|---:|---:|---:|---:|\n")
+	for _, scn := range r.order {
+		if !strings.HasPrefix(scn, "latency") {
+			continue
+		}
+		for _, p := range pathOrder {
+			ss := r.samples[scn][p]
+			if len(ss) == 0 {
+				continue
+			}
+			pick := func(f func(latencyResult) float64) string {
+				var xs []float64
+				for _, s := range ss {
+					xs = append(xs, f(s.lat))
+				}
+				st, _ := stats(xs)
+				return fmtNum(st.med)
+			}
+			w("| %s | %s | %s | %s | %s | %s |\n", strings.TrimPrefix(scn, "latency "), p,
+				pick(func(l latencyResult) float64 { return float64(l.p50.Microseconds()) }),
+				pick(func(l latencyResult) float64 { return float64(l.p99.Microseconds()) }),
+				pick(func(l latencyResult) float64 { return float64(l.p999.Microseconds()) }),
+				pick(func(l latencyResult) float64 { return float64(l.lost) }))
+		}
+	}
+
+	w("\nIdle connections: RSS growth per connection on a fresh proxy process, KiB:\n\n")
+	w("| connections | moat-tls | haproxy-tls | moat-tcp | haproxy-tcp |\n|---|---:|---:|---:|---:|\n")
+	for _, scn := range r.order {
+		if !strings.HasPrefix(scn, "idle") {
+			continue
+		}
+		w("| %s |", strings.TrimSuffix(strings.TrimPrefix(scn, "idle memory "), " connections"))
+		for _, p := range []string{"moat-tls", "haproxy-tls", "moat-tcp", "haproxy-tcp"} {
+			st, ok := r.values(scn, p, value)
+			w(" %s |", fmtStat(st, ok))
+		}
+		w("\n")
+	}
+	w("\nGoroutines per idle connection in moat: %.2f (TCP), %.2f (TLS).\n", r.gor["tcp"], r.gor["tls"])
+	w("The machine's open-file limit (hard limit 20,000, not raisable here) caps the idle test below 20,000\n")
+	w("connections: moat holds two descriptors per connection.\n\n")
+	r.goals(w)
+	return b.String()
+}
+
+// goals checks the performance goals against this run.
+func (r *results) goals(w func(string, ...any)) {
+	w("Goals (from this run):\n\n| goal | measured | met |\n|---|---|---|\n")
+	check := func(goal, measured string, ok bool) {
+		mark := "no"
+		if ok {
+			mark = "yes"
+		}
+		w("| %s | %s | %s |\n", goal, measured, mark)
+	}
+	const q1 = "throughput QoS 1 64 B"
+	m, okm := r.values(q1, "moat-tls", value)
+	h, okh := r.values(q1, "haproxy-tls", value)
+	if okm && okh {
+		check("QoS 1 throughput, moat-tls >= haproxy-tls", fmt.Sprintf("%s vs %s msg/s", fmtNum(m.med), fmtNum(h.med)), m.med >= h.med)
+	}
+	mc, okmc := r.values(q1, "moat-tls", cpuOp)
+	hc, okhc := r.values(q1, "haproxy-tls", cpuOp)
+	if okmc && okhc && hc.med > 0 {
+		check("CPU per QoS 1 message, moat-tls <= 0.8 x haproxy-tls", fmt.Sprintf("%s vs %s µs (%.2fx)", fmtNum(mc.med), fmtNum(hc.med), mc.med/hc.med), mc.med <= 0.8*hc.med)
+	}
+	for _, scn := range r.order {
+		if !strings.HasPrefix(scn, "latency 5000") {
+			continue
+		}
+		ml, ok1 := r.values(scn, "moat-tls", value)
+		hl, ok2 := r.values(scn, "haproxy-tls", value)
+		dl, ok3 := r.values(scn, "direct", value)
+		if ok1 && ok2 && ok3 {
+			check("added p99 latency at 5k msg/s, moat-tls <= haproxy-tls", fmt.Sprintf("%s vs %s µs", fmtNum(ml.med-dl.med), fmtNum(hl.med-dl.med)), ml.med <= hl.med)
+		}
+	}
+	ms, ok1 := r.values("connections/s full handshake", "moat-tls", value)
+	hs, ok2 := r.values("connections/s full handshake", "haproxy-tls", value)
+	if ok1 && ok2 {
+		check("full TLS handshakes/s, moat-tls >= haproxy-tls", fmt.Sprintf("%s vs %s", fmtNum(ms.med), fmtNum(hs.med)), ms.med >= hs.med)
+	}
+	for _, scn := range r.order {
+		if !strings.HasPrefix(scn, "idle") {
+			continue
+		}
+		t, okt := r.values(scn, "moat-tls", value)
+		p, okp := r.values(scn, "moat-tcp", value)
+		if okt {
+			check(scn+": moat TLS <= 20 KiB per connection", fmtNum(t.med)+" KiB", t.med <= 20)
+		}
+		if okp {
+			check(scn+": moat plain <= 8 KiB per connection", fmtNum(p.med)+" KiB", p.med <= 8)
+		}
+	}
+}
+
+type rawSample struct {
+	Scenario string  `json:"scenario"`
+	Path     string  `json:"path"`
+	Value    float64 `json:"value"`
+	CPUPerOp float64 `json:"proxy_cpu_us_per_op,omitempty"`
+	BrokerOp float64 `json:"broker_cpu_us_per_op,omitempty"`
+	P50us    int64   `json:"p50_us,omitempty"`
+	P99us    int64   `json:"p99_us,omitempty"`
+	P999us   int64   `json:"p999_us,omitempty"`
+	Lost     int     `json:"lost,omitempty"`
+	Note     string  `json:"note,omitempty"`
+}
+
+const (
+	beginMark = "<!-- bench:begin -->"
+	endMark   = "<!-- bench:end -->"
+)
+
+func (r *results) write(o options) error {
+	md := r.markdown()
+	fmt.Println(md)
+	if o.raw != "" {
+		var raw []rawSample
+		for _, scn := range r.order {
+			for _, p := range pathOrder {
+				for _, s := range r.samples[scn][p] {
+					raw = append(raw, rawSample{Scenario: scn, Path: p, Value: s.value, CPUPerOp: s.cpuPerOp, BrokerOp: s.brokerOp,
+						P50us: s.lat.p50.Microseconds(), P99us: s.lat.p99.Microseconds(), P999us: s.lat.p999.Microseconds(), Lost: s.lat.lost, Note: s.note})
+				}
+			}
+			for _, p := range []string{"moat-tls", "moat-tcp", "haproxy-tls", "haproxy-tcp"} {
+				if strings.HasPrefix(scn, "idle") {
+					for _, s := range r.samples[scn][p] {
+						raw = append(raw, rawSample{Scenario: scn, Path: p, Value: s.value, Note: s.note})
+					}
+				}
+			}
+		}
+		b, _ := json.MarshalIndent(map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "machine": machine(),
+			"command": "go run ./bench " + strings.Join(os.Args[1:], " "), "goroutines_per_conn": r.gor, "samples": raw}, "", "  ")
+		if err := os.WriteFile(o.raw, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	if o.out == "" {
+		return nil
+	}
+	doc, err := os.ReadFile(o.out)
+	if err != nil {
+		return err
+	}
+	s := string(doc)
+	section := beginMark + "\n" + md + endMark
+	i, j := strings.Index(s, beginMark), strings.Index(s, endMark)
+	if i >= 0 && j > i {
+		s = s[:i] + section + s[j+len(endMark):]
+	} else {
+		s = strings.TrimRight(s, "\n") + "\n\n" + section + "\n"
+	}
+	return os.WriteFile(o.out, []byte(s), 0o644)
+}
