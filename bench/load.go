@@ -38,7 +38,7 @@ func dialClient(addr string, tc *tls.Config, id string, v codec.Version) (*clien
 	if err != nil {
 		return nil, err
 	}
-	c := &client{conn: conn, r: codec.NewReader(bufio.NewReaderSize(conn, 32<<10), 0), w: bufio.NewWriterSize(conn, 32<<10), v: v}
+	c := &client{conn: conn, r: codec.NewReader(conn, 0), w: bufio.NewWriterSize(conn, 32<<10), v: v}
 	if err := c.send(&codec.Connect{Version: v, CleanStart: true, ClientID: id, KeepAlive: 300}, true); err != nil {
 		conn.Close()
 		return nil, err

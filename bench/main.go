@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"time"
 
@@ -33,6 +34,8 @@ type options struct {
 	raw     string // file for the raw samples (JSON)
 	policy  string
 	version int
+	only    *regexp.Regexp
+	idleN   []int
 }
 
 func main() {
@@ -43,7 +46,13 @@ func main() {
 	flag.StringVar(&o.raw, "raw", "", "file to write the raw samples to as JSON (e.g. docs/bench-raw.json)")
 	flag.StringVar(&o.policy, "policy", "allow_all", "policy moat runs with: allow_all (the only mode this version has)")
 	flag.IntVar(&o.version, "mqtt", 4, "protocol level of the load: 4 (3.1.1) or 5")
+	only := flag.String("run", "", "only measurements whose name matches this regular expression (e.g. 'idle|QoS 1 64')")
 	flag.Parse()
+	var err error
+	if o.only, err = regexp.Compile(*only); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -run:", err)
+		os.Exit(2)
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -127,6 +136,9 @@ func run(o options) error {
 	sc := scenarios(o)
 	for rep := 0; rep < o.reps; rep++ {
 		for _, scn := range sc {
+			if !o.only.MatchString(scn.name) {
+				continue
+			}
 			for _, p := range s.paths {
 				if scn.skip != nil && scn.skip(p) {
 					continue
@@ -140,11 +152,13 @@ func run(o options) error {
 			}
 		}
 	}
-	if err := idleMemory(s, o, v, r); err != nil {
-		return err
-	}
-	if err := goroutinesPerConn(s, r); err != nil {
-		return err
+	if o.only.MatchString("idle memory") {
+		if err := idleMemory(s, o, v, r); err != nil {
+			return err
+		}
+		if err := goroutinesPerConn(s, r); err != nil {
+			return err
+		}
 	}
 	r.elapsed = time.Since(started)
 	return r.write(o)

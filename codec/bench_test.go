@@ -46,7 +46,7 @@ func BenchmarkReadDecodePublish(b *testing.B) {
 		for _, size := range []int{64, 1024, 16384} {
 			b.Run("v"+v.String()+"/"+strconv.Itoa(size)+"B", func(b *testing.B) {
 				raw := publishBytes(b, v, size)
-				r := NewReader(bufio.NewReaderSize(&loopReader{b: raw}, 32<<10), 1<<20)
+				r := NewReader(&loopReader{b: raw}, 1<<20)
 				w := bufio.NewWriterSize(io.Discard, 32<<10)
 				var p Publish
 				b.SetBytes(int64(len(raw)))

@@ -1,18 +1,18 @@
 package codec
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"io"
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func readFrame(t testing.TB, raw []byte, max int) (Frame, error) {
 	t.Helper()
-	r := NewReader(bufio.NewReader(bytes.NewReader(raw)), max)
+	r := NewReader(bytes.NewReader(raw), max)
 	return r.ReadPacket()
 }
 
@@ -247,12 +247,12 @@ func TestMalformed(t *testing.T) {
 func TestReaderLimit(t *testing.T) {
 	// PUBLISH declaring 200 MB: refused from the header alone.
 	raw := []byte{0x30, 0x80, 0x80, 0xe8, 0x5f}
-	r := NewReader(bufio.NewReader(bytes.NewReader(raw)), 1<<20)
+	r := NewReader(bytes.NewReader(raw), 1<<20)
 	if _, err := r.ReadPacket(); ReasonOf(err) != PacketTooLarge {
 		t.Fatalf("err %v, want packet too large", err)
 	}
-	if cap(r.buf) != 0 {
-		t.Fatalf("reader buffer grew to %d for a refused packet", cap(r.buf))
+	if r.big != nil || cap(r.buf) > PoolBufSize {
+		t.Fatalf("reader allocated for a refused packet: buf %d, big %d", cap(r.buf), cap(r.big))
 	}
 	// Exactly at the limit is fine; one over is not.
 	pkt, _ := (&Publish{Topic: []byte("t"), Payload: make([]byte, 100)}).Append(nil, V311)
@@ -269,13 +269,13 @@ func TestReaderGrowsWithData(t *testing.T) {
 	// track what arrived, not what was declared.
 	hdr := appendVarint([]byte{0x30}, 10<<20)
 	raw := append(hdr, make([]byte, 100<<10)...)
-	r := NewReader(bufio.NewReader(bytes.NewReader(raw)), 16<<20)
+	r := NewReader(bytes.NewReader(raw), 16<<20)
 	_, err := r.ReadPacket()
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("err %v, want unexpected EOF", err)
 	}
-	if cap(r.buf) > 1<<20 {
-		t.Fatalf("buffer capacity %d after 100 KB of a 10 MB declaration", cap(r.buf))
+	if cap(r.big) > 1<<20 {
+		t.Fatalf("buffer capacity %d after 100 KB of a 10 MB declaration", cap(r.big))
 	}
 }
 
@@ -287,7 +287,7 @@ func TestReaderLargePacket(t *testing.T) {
 	}
 	// Two packets back to back: the large one, then a small one.
 	small := []byte{0xC0, 0}
-	r := NewReader(bufio.NewReader(bytes.NewReader(append(pkt, small...))), 1<<20)
+	r := NewReader(bytes.NewReader(append(pkt, small...)), 1<<20)
 	f, err := r.ReadPacket()
 	if err != nil {
 		t.Fatal(err)
@@ -377,7 +377,7 @@ func TestDecodePublishNoAlloc(t *testing.T) {
 		}
 	}
 	var p Publish
-	r := NewReader(bufio.NewReader(bytes.NewReader(raw)), 0)
+	r := NewReader(bytes.NewReader(raw), 0)
 	f, _ := r.ReadPacket()
 	if err := DecodePublish(&p, f, V5); err != nil {
 		t.Fatal(err)
@@ -421,4 +421,49 @@ func TestPacketTypeDirections(t *testing.T) {
 			t.Errorf("%s accepted from a server", tt)
 		}
 	}
+}
+
+// TestReaderChunking reads every fixture back to back through a source
+// that returns one byte per Read, then through one that returns them all
+// at once: the frames must be the same.
+func TestReaderChunking(t *testing.T) {
+	var stream []byte
+	for _, fx := range fixtures {
+		stream = append(stream, fx.raw...)
+	}
+	// A 20 KiB packet (bigger than the pooled buffer) in the middle.
+	big, _ := (&Publish{Topic: []byte("big"), Payload: bytes.Repeat([]byte{7}, 20<<10)}).Append(nil, V311)
+	stream = append(append(append([]byte{}, stream...), big...), fixtures[0].raw...)
+	want := append(append([][]byte{}, rawList()...), big, fixtures[0].raw)
+	for name, src := range map[string]io.Reader{
+		"one byte": iotest.OneByteReader(bytes.NewReader(stream)),
+		"half":     iotest.HalfReader(bytes.NewReader(stream)),
+		"all":      bytes.NewReader(stream),
+		"data+EOF": iotest.DataErrReader(bytes.NewReader(stream)),
+	} {
+		r := NewReader(src, 0)
+		for i, w := range want {
+			f, err := r.ReadPacket()
+			if err != nil {
+				t.Fatalf("%s: packet %d: %v", name, i, err)
+			}
+			if !bytes.Equal(f.Bytes, w) {
+				t.Fatalf("%s: packet %d is % x, want % x", name, i, f.Bytes, w)
+			}
+		}
+		if _, err := r.ReadPacket(); err != io.EOF {
+			t.Fatalf("%s: after the last packet: %v, want EOF", name, err)
+		}
+		if r.buf != nil || r.big != nil {
+			t.Fatalf("%s: idle reader still holds buffers (%d, %d bytes)", name, cap(r.buf), cap(r.big))
+		}
+	}
+}
+
+func rawList() [][]byte {
+	var out [][]byte
+	for _, fx := range fixtures {
+		out = append(out, fx.raw)
+	}
+	return out
 }

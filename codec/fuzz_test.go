@@ -1,11 +1,11 @@
 package codec
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"reflect"
 	"testing"
+	"testing/iotest"
 )
 
 func addSeeds(f *testing.F) {
@@ -24,7 +24,7 @@ func roundTrip(t *testing.T, p Packet, v Version) {
 	if err != nil {
 		t.Fatalf("decoded %T does not encode: %v", p, err)
 	}
-	f, err := NewReader(bufio.NewReader(bytes.NewReader(enc)), 0).ReadPacket()
+	f, err := NewReader(bytes.NewReader(enc), 0).ReadPacket()
 	if err != nil {
 		t.Fatalf("re-read of encoded %T: %v", p, err)
 	}
@@ -51,7 +51,7 @@ func FuzzReader(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, level byte, data []byte) {
 		v := Version(level%3 + 3)
-		r := NewReader(bufio.NewReaderSize(bytes.NewReader(data), 16), 4096)
+		r := NewReader(iotest.OneByteReader(bytes.NewReader(data)), 4096)
 		for i := 0; i < 64; i++ {
 			fr, err := r.ReadPacket()
 			if err != nil {

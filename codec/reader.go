@@ -1,10 +1,10 @@
 package codec
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"strconv"
+	"sync"
 )
 
 // Frame is one packet as read from the wire. Bytes is the whole packet
@@ -17,30 +17,49 @@ type Frame struct {
 	Body  []byte
 }
 
-// Reader frames MQTT packets from a byte stream. It checks the fixed header
-// and the declared size against its limit before reading or allocating the
-// body, and grows its buffer only as body bytes actually arrive, so a peer
-// that declares a large packet and sends nothing costs nothing.
+// Reader frames MQTT packets from a byte stream.
+//
+// It checks the fixed header and the declared size against its limit
+// before reading or allocating the body, and grows a buffer for a large
+// packet only as its bytes actually arrive, so a peer that declares a large
+// packet and sends nothing costs nothing.
+//
+// Its read buffer comes from a shared pool while data flows and goes back
+// when everything read has been handed out: an idle connection blocks in
+// Read on a small inline array and holds no buffer. Reads are batched: one
+// Read may bring many packets, and frames are views into the buffer (no
+// copy) when a packet fits in it.
 type Reader struct {
-	br  *bufio.Reader
-	max int
-	buf []byte
+	src   io.Reader
+	max   int
+	buf   []byte // pooled while data flows; nil when idle
+	r, w  int    // unread bytes are buf[r:w]
+	big   []byte // a packet larger than the pooled buffer
+	small [smallRead]byte
 }
 
-// Buffer sizes: the reader keeps a buffer up to keepBuf between packets and
-// lets a larger one go; bodies above eagerBody grow chunk by chunk.
 const (
-	keepBuf   = 64 << 10
+	// PoolBufSize is the size of the pooled read buffers.
+	PoolBufSize = 16 << 10
+	// smallRead is what an idle reader blocks on: a typical small packet
+	// arrives whole in it, a burst continues into a pooled buffer.
+	smallRead = 128
+	// eagerBody: a large body up to this size is allocated at once; above
+	// it the buffer grows with the data received.
 	eagerBody = 64 << 10
 )
 
-// NewReader returns a Reader on br that refuses packets larger than
+var (
+	bufPool = sync.Pool{New: func() any { b := make([]byte, PoolBufSize); return &b }}
+	bigPool = sync.Pool{New: func() any { b := make([]byte, 0, eagerBody); return &b }}
+)
+
+// NewReader returns a Reader on src that refuses packets larger than
 // maxPacketSize bytes in total (0 means the protocol maximum).
-func NewReader(br *bufio.Reader, maxPacketSize int) *Reader {
-	if maxPacketSize <= 0 || maxPacketSize > MaxPacketSize {
-		maxPacketSize = MaxPacketSize
-	}
-	return &Reader{br: br, max: maxPacketSize}
+func NewReader(src io.Reader, maxPacketSize int) *Reader {
+	r := &Reader{src: src}
+	r.SetMaxPacketSize(maxPacketSize)
+	return r
 }
 
 // SetMaxPacketSize changes the limit for following packets.
@@ -53,42 +72,102 @@ func (r *Reader) SetMaxPacketSize(n int) {
 
 // Buffered is how many bytes are already read from the connection but not
 // yet returned as packets; writers use it to decide when to flush.
-func (r *Reader) Buffered() int { return r.br.Buffered() }
+func (r *Reader) Buffered() int { return r.w - r.r }
+
+// Release returns the read buffers to their pools. ReadPacket does this
+// itself whenever everything read has been handed out; call it when a
+// connection ends. Frames read before are invalid afterwards.
+func (r *Reader) Release() {
+	if r.buf != nil {
+		b := r.buf[:cap(r.buf)]
+		bufPool.Put(&b)
+		r.buf, r.r, r.w = nil, 0, 0
+	}
+	if cap(r.big) == eagerBody {
+		b := r.big[:0]
+		bigPool.Put(&b)
+	}
+	r.big = nil
+}
+
+// fill reads once from src into the buffer.
+func (r *Reader) fill() error {
+	if r.buf == nil {
+		// Idle: block on the inline array, take a pooled buffer only
+		// when bytes arrive.
+		n, err := r.src.Read(r.small[:])
+		if n > 0 {
+			r.buf = (*bufPool.Get().(*[]byte))[:PoolBufSize]
+			r.r, r.w = 0, copy(r.buf, r.small[:n])
+			return nil
+		}
+		if err == nil {
+			err = io.ErrNoProgress
+		}
+		return err
+	}
+	if r.w == len(r.buf) {
+		// Make room: move the unread bytes to the front.
+		r.w = copy(r.buf, r.buf[r.r:r.w])
+		r.r = 0
+	}
+	n, err := r.src.Read(r.buf[r.w:])
+	r.w += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// ensure makes at least n bytes (n <= PoolBufSize) available unread.
+func (r *Reader) ensure(n int) error {
+	for r.w-r.r < n {
+		if r.buf != nil && len(r.buf)-r.r < n {
+			r.w = copy(r.buf, r.buf[r.r:r.w])
+			r.r = 0
+		}
+		if err := r.fill(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // ReadPacket reads the next packet. Errors from the stream are returned as
 // they are (io.EOF at a packet boundary, io.ErrUnexpectedEOF inside one);
 // protocol violations are *Error values.
 func (r *Reader) ReadPacket() (Frame, error) {
-	if cap(r.buf) > keepBuf {
-		r.buf = nil
+	if r.r == r.w {
+		// Everything handed out: idle until more arrives.
+		r.Release()
 	}
-	b0, err := r.br.ReadByte()
-	if err != nil {
+	if err := r.ensure(1); err != nil {
 		return Frame{}, err
 	}
+	b0 := r.buf[r.r]
 	t, flags := PacketType(b0>>4), b0&0x0f
 	if err := checkFixedHeader(t, flags); err != nil {
 		return Frame{}, err
 	}
-	var hdr [5]byte
-	hdr[0] = b0
-	var rl int
-	n := 1
+	// Remaining length: at most four bytes, minimally encoded.
+	var rl, n int
 	for i := 0; ; i++ {
 		if i == 4 {
 			return Frame{}, malformed("MQTT-1.5.5", "remaining length longer than four bytes")
 		}
-		c, err := r.br.ReadByte()
-		if err != nil {
+		if err := r.ensure(2 + i); err != nil {
 			return Frame{}, unexpected(err)
 		}
-		hdr[n] = c
-		n++
+		c := r.buf[r.r+1+i]
 		rl |= int(c&0x7f) << (7 * i)
 		if c&0x80 == 0 {
 			if i > 0 && c == 0 {
 				return Frame{}, malformed("MQTT-1.5.5-1", "remaining length is not minimally encoded")
 			}
+			n = 2 + i
 			break
 		}
 	}
@@ -97,32 +176,39 @@ func (r *Reader) ReadPacket() (Frame, error) {
 		return Frame{}, &Error{Code: PacketTooLarge, Clause: "MQTT-3.2.2.3.6",
 			Msg: "declared packet size " + strconv.Itoa(total) + " bytes exceeds the limit of " + strconv.Itoa(r.max) + " bytes"}
 	}
-	if rl <= eagerBody {
-		if cap(r.buf) < total {
-			r.buf = make([]byte, total, max(total, 512))
-		}
-		buf := r.buf[:total]
-		copy(buf, hdr[:n])
-		if _, err := io.ReadFull(r.br, buf[n:]); err != nil {
+	if total <= PoolBufSize {
+		if err := r.ensure(total); err != nil {
 			return Frame{}, unexpected(err)
 		}
-		return Frame{Type: t, Flags: flags, Bytes: buf, Body: buf[n:]}, nil
+		b := r.buf[r.r : r.r+total : r.r+total]
+		r.r += total
+		return Frame{Type: t, Flags: flags, Bytes: b, Body: b[n:]}, nil
 	}
-	// Large body: grow with the data received, not with the declaration.
-	buf := append(r.buf[:0], hdr[:n]...)
-	for len(buf) < total {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+	return r.readLarge(t, flags, n, total)
+}
+
+// readLarge assembles a packet bigger than the pooled buffer in its own
+// buffer, growing it with the bytes received rather than the declaration.
+func (r *Reader) readLarge(t PacketType, flags byte, hdr, total int) (Frame, error) {
+	if r.big == nil {
+		r.big = (*bigPool.Get().(*[]byte))[:0]
+	}
+	big := append(r.big[:0], r.buf[r.r:r.w]...)
+	r.r = r.w
+	for len(big) < total {
+		if len(big) == cap(big) {
+			big = append(big, 0)[:len(big)]
 		}
-		end := min(cap(buf), total)
-		m, err := io.ReadFull(r.br, buf[len(buf):end])
-		buf = buf[:len(buf)+m]
+		end := min(cap(big), total)
+		m, err := io.ReadFull(r.src, big[len(big):end])
+		big = big[:len(big)+m]
 		if err != nil {
+			r.big = big
 			return Frame{}, unexpected(err)
 		}
 	}
-	r.buf = buf
-	return Frame{Type: t, Flags: flags, Bytes: buf, Body: buf[n:]}, nil
+	r.big = big
+	return Frame{Type: t, Flags: flags, Bytes: big, Body: big[hdr:]}, nil
 }
 
 func unexpected(err error) error {

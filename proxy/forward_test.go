@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"net"
 	"testing"
@@ -26,7 +25,7 @@ func fakeBroker(t *testing.T) (addr string, conns <-chan net.Conn) {
 		if err != nil {
 			return
 		}
-		r := codec.NewReader(bufio.NewReader(c), 0)
+		r := codec.NewReader(c, 0)
 		f, err := r.ReadPacket()
 		if err != nil || f.Type != codec.CONNECT {
 			c.Close()

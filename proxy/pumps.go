@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 
 	"github.com/moat-mqtt/moat/codec"
 )
@@ -18,12 +19,27 @@ type clientToBroker struct{ s *session }
 // to the client.
 type brokerToClient struct{ s *session }
 
+// scratch holds the structs a packet is decoded into. Pooled, so an idle
+// connection holds none and pump stacks stay small.
+type scratch struct {
+	pub codec.Publish
+	ack codec.Ack
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func (p clientToBroker) start() {
+	defer p.s.pumpDone()
+	p.run()
+}
+
+func (p brokerToClient) start() {
+	defer p.s.pumpDone()
+	p.run()
+}
+
 func (p clientToBroker) run() {
 	s := p.s
-	var (
-		pub codec.Publish
-		ack codec.Ack
-	)
 	for {
 		s.armKeepAlive()
 		if s.draining.Load() {
@@ -35,7 +51,10 @@ func (p clientToBroker) run() {
 			p.readError(err)
 			return
 		}
-		if err := p.check(f, &pub, &ack); err != nil {
+		sc := scratchPool.Get().(*scratch)
+		err = p.check(f, &sc.pub, &sc.ack)
+		scratchPool.Put(sc)
+		if err != nil {
 			s.log.Info("client protocol error", "client_id", s.connect.ClientID, "type", f.Type.String(), "error", err)
 			s.end(endClientError, codec.ReasonOf(err), err.Error())
 			return
@@ -122,17 +141,16 @@ func (p clientToBroker) drain() {
 
 func (p brokerToClient) run() {
 	s := p.s
-	var (
-		pub codec.Publish
-		ack codec.Ack
-	)
 	for {
 		f, err := s.ur.ReadPacket()
 		if err != nil {
 			p.readError(err)
 			return
 		}
-		if err := p.check(f, &pub, &ack); err != nil {
+		sc := scratchPool.Get().(*scratch)
+		err = p.check(f, &sc.pub, &sc.ack)
+		scratchPool.Put(sc)
+		if err != nil {
 			s.log.Warn("broker protocol error", "client_id", s.connect.ClientID, "type", f.Type.String(), "error", err)
 			s.end(endUpstreamError, codec.ReasonOf(err), "upstream broker sent an invalid packet")
 			return

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,14 +16,16 @@ import (
 	"github.com/moat-mqtt/moat/codec"
 )
 
-// Buffer sizes per direction. Reads are batched through bufio so a burst of
-// small packets costs one syscall; writes are coalesced and flushed when the
-// reading side has nothing more buffered.
+// Reads are batched by codec.Reader, so a burst of small packets costs one
+// read; writes are coalesced and flushed when the reading side has nothing
+// more buffered. Both directions take their buffers from pools only while
+// data flows, so an idle connection holds none.
 const (
-	readBufSize  = 4 << 10
-	writeBufSize = 4 << 10
+	writeBufSize = 16 << 10
 	lingerTime   = 500 * time.Millisecond
 )
+
+var writePool = sync.Pool{New: func() any { b := make([]byte, 0, writeBufSize); return &b }}
 
 // endKind says why a session ended and so how each side is closed.
 type endKind int
@@ -64,6 +65,7 @@ type session struct {
 	// packets moat writes to it; 0 means no limit beyond the protocol's.
 	clientMaxPacket int
 
+	pumps    atomic.Int32 // pumps still running
 	draining atomic.Bool
 	ended    atomic.Bool // set once end has run: later errors are consequences
 	endOnce  sync.Once
@@ -91,26 +93,27 @@ func newSession(srv *Server, l *listener, conn net.Conn) *session {
 	return s
 }
 
-// serve runs the session to its end. It is the connection's first
-// goroutine and becomes the client->broker pump.
+// serve establishes the session on the accepting goroutine, then hands
+// over to the two pumps, each on a fresh goroutine: the deep stack of the
+// TLS handshake is not kept for the life of the connection.
 func (s *session) serve() {
-	defer s.srv.forget(s)
-	defer s.closeAll()
 	if err := s.establish(); err != nil {
 		s.log.Debug("connection refused", "error", err)
+		s.finish()
 		return
 	}
 	s.log.Info("client connected", "client_id", s.connect.ClientID, "username", s.connect.Username,
 		"protocol", s.version.String(), "clean_start", s.connect.CleanStart, "keep_alive", s.connect.KeepAlive)
+	s.pumps.Store(2)
+	go clientToBroker{s}.start()
+	go brokerToClient{s}.start()
+}
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		brokerToClient{s}.run()
-	}()
-	clientToBroker{s}.run()
-	<-done
-
+// pumpDone is called by each pump as it stops; the last one finishes.
+func (s *session) pumpDone() {
+	if s.pumps.Add(-1) != 0 {
+		return
+	}
 	if s.kind == endShutdown {
 		if s.version == codec.V5 {
 			s.sendClientDisconnect(codec.ServerShuttingDown, "server shutting down")
@@ -119,6 +122,19 @@ func (s *session) serve() {
 	}
 	s.log.Info("client disconnected", "client_id", s.connect.ClientID, "duration", time.Since(s.start).Round(time.Millisecond).String(),
 		"reason", s.reason)
+	s.finish()
+}
+
+// finish closes both connections, returns buffers and forgets the session.
+func (s *session) finish() {
+	s.closeAll()
+	if s.cr != nil {
+		s.cr.Release()
+	}
+	if s.ur != nil {
+		s.ur.Release()
+	}
+	s.srv.forget(s)
 }
 
 // establish runs the TLS handshake, reads CONNECT, dials the broker and
@@ -135,7 +151,7 @@ func (s *session) establish() error {
 			return err
 		}
 	}
-	s.cr = codec.NewReader(bufio.NewReaderSize(s.client, readBufSize), int(lim.MaxPacketSize))
+	s.cr = codec.NewReader(s.client, int(lim.MaxPacketSize))
 	s.cw = newPeerWriter(s.client, lim.WriteTimeout)
 
 	// [MQTT-3.1.0-1] the first packet must be CONNECT, and it must arrive
@@ -183,7 +199,7 @@ func (s *session) establish() error {
 	if closed {
 		return errors.New("session closed while dialing")
 	}
-	s.ur = codec.NewReader(bufio.NewReaderSize(up, readBufSize), int(lim.MaxPacketSize))
+	s.ur = codec.NewReader(up, int(lim.MaxPacketSize))
 	s.uw = newPeerWriter(up, lim.WriteTimeout)
 
 	connectBytes := f.Bytes
@@ -471,22 +487,24 @@ func (s *session) logReadError(what string, err error) {
 }
 
 // peerWriter serialises writes to one connection: both pumps may write to
-// the client (a relayed packet, or one moat answers itself).
+// the client (a relayed packet, or one moat answers itself). Pending bytes
+// live in a pooled buffer that goes back to the pool on every flush.
 type peerWriter struct {
 	mu      sync.Mutex
 	conn    net.Conn
-	bw      *bufio.Writer
+	buf     []byte // pending bytes; nil when nothing is pending
 	timeout time.Duration
 	armedAt time.Time
 }
 
 func newPeerWriter(conn net.Conn, timeout time.Duration) *peerWriter {
-	return &peerWriter{conn: conn, bw: bufio.NewWriterSize(conn, writeBufSize), timeout: timeout}
+	return &peerWriter{conn: conn, timeout: timeout}
 }
 
-// write queues b and flushes when asked. The write deadline is re-armed at
-// most every timeout/8, so a peer that stops reading is cut after between
-// 7/8 and 1 x the timeout.
+// write queues b and flushes when asked. A packet written with nothing
+// pending and flush set goes straight to the connection, uncopied. The
+// write deadline is re-armed at most every timeout/8, so a peer that stops
+// reading is cut after between 7/8 and 1 x the timeout.
 func (w *peerWriter) write(b []byte, flush bool) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -496,13 +514,38 @@ func (w *peerWriter) write(b []byte, flush bool) error {
 			w.conn.SetWriteDeadline(now.Add(w.timeout))
 		}
 	}
-	if _, err := w.bw.Write(b); err != nil {
+	return w.writeLocked(b, flush)
+}
+
+func (w *peerWriter) writeLocked(b []byte, flush bool) error {
+	if w.buf != nil && len(w.buf)+len(b) > cap(w.buf) {
+		if err := w.flushLocked(); err != nil {
+			return err
+		}
+	}
+	if w.buf == nil && (flush || len(b) >= writeBufSize) {
+		_, err := w.conn.Write(b)
 		return err
 	}
+	if w.buf == nil {
+		w.buf = (*writePool.Get().(*[]byte))[:0]
+	}
+	w.buf = append(w.buf, b...)
 	if flush {
-		return w.bw.Flush()
+		return w.flushLocked()
 	}
 	return nil
+}
+
+func (w *peerWriter) flushLocked() error {
+	if w.buf == nil {
+		return nil
+	}
+	_, err := w.conn.Write(w.buf)
+	b := w.buf[:0]
+	writePool.Put(&b)
+	w.buf = nil
+	return err
 }
 
 // writeFinal writes a last packet under a short deadline. The deadline is
@@ -515,8 +558,5 @@ func (w *peerWriter) writeFinal(b []byte) error {
 	defer w.mu.Unlock()
 	w.conn.SetWriteDeadline(deadline)
 	w.armedAt = deadline // no re-arm for the final write
-	if _, err := w.bw.Write(b); err != nil {
-		return err
-	}
-	return w.bw.Flush()
+	return w.writeLocked(b, true)
 }

@@ -85,7 +85,7 @@ func dialPublisher(b *testing.B, addr string, tc *tls.Config, id string) net.Con
 	if _, err := c.Write(connect); err != nil {
 		b.Fatal(err)
 	}
-	r := codec.NewReader(bufio.NewReader(c), 0)
+	r := codec.NewReader(c, 0)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	f, err := r.ReadPacket()
 	if err != nil || f.Type != codec.CONNACK || f.Body[1] != 0 {
@@ -104,7 +104,7 @@ func publishWindowed(c net.Conn, n int) error {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		r := codec.NewReader(bufio.NewReaderSize(c, 32<<10), 0)
+		r := codec.NewReader(c, 0)
 		for acked := 0; acked < n; {
 			c.SetReadDeadline(time.Now().Add(30 * time.Second))
 			f, err := r.ReadPacket()

@@ -1,7 +1,6 @@
 package mqtttest
 
 import (
-	"bufio"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -44,7 +43,7 @@ func DialRaw(t testing.TB, addr string, tc *tls.Config) *Raw {
 	t.Helper()
 	c := Dial(t, addr, tc)
 	t.Cleanup(func() { c.Close() })
-	return &Raw{t: t, Conn: c, r: codec.NewReader(bufio.NewReader(c), 0), V: codec.V311}
+	return &Raw{t: t, Conn: c, r: codec.NewReader(c, 0), V: codec.V311}
 }
 
 // Send writes raw bytes.
