@@ -43,7 +43,7 @@ const (
 	PoolBufSize = 16 << 10
 	// smallRead is what an idle reader blocks on: a typical small packet
 	// arrives whole in it, a burst continues into a pooled buffer.
-	smallRead = 128
+	smallRead = 64
 	// eagerBody: a large body up to this size is allocated at once; above
 	// it the buffer grows with the data received.
 	eagerBody = 64 << 10
@@ -75,8 +75,9 @@ func (r *Reader) SetMaxPacketSize(n int) {
 func (r *Reader) Buffered() int { return r.w - r.r }
 
 // Release returns the read buffers to their pools. ReadPacket does this
-// itself whenever everything read has been handed out; call it when a
-// connection ends. Frames read before are invalid afterwards.
+// itself whenever everything read has been handed out; call it before
+// waiting for more by other means, and when a connection ends. Frames read
+// before are invalid afterwards; buffered bytes are dropped.
 func (r *Reader) Release() {
 	if r.buf != nil {
 		b := r.buf[:cap(r.buf)]
@@ -244,3 +245,8 @@ func checkFixedHeader(t PacketType, flags byte) error {
 	}
 	return nil
 }
+
+// ReadMore reads once from the source into the buffer without framing a
+// packet, so a caller can learn whether bytes are already available (with
+// an expired read deadline, for instance) without consuming a packet.
+func (r *Reader) ReadMore() error { return r.fill() }

@@ -38,36 +38,72 @@ func (p brokerToClient) start() {
 	p.run()
 }
 
+// run alternates between waiting, shallow and bufferless, while the
+// client is idle, and handling packets while bytes are buffered.
 func (p clientToBroker) run() {
 	s := p.s
+	checkTLS := false // establish has just looked
 	for {
-		s.armKeepAlive()
-		if s.draining.Load() {
-			p.drain()
-			return
+		if s.cr.Buffered() == 0 {
+			deadline := s.armKeepAlive()
+			if checkTLS && s.cwait.tls {
+				ok, err := s.cwait.tlsBuffered(s.cr, deadline)
+				if err != nil {
+					p.readError(err)
+					return
+				}
+				if ok {
+					goto handle
+				}
+			}
+			if s.draining.Load() {
+				p.drain()
+				return
+			}
+			s.cr.Release() // nothing buffered: hold no buffer while parked
+			if err := s.cwait.park(); err != nil {
+				p.readError(err)
+				return
+			}
 		}
-		f, err := s.cr.ReadPacket()
-		if err != nil {
-			p.readError(err)
-			return
-		}
-		sc := scratchPool.Get().(*scratch)
-		err = p.check(f, &sc.pub, &sc.ack)
-		scratchPool.Put(sc)
-		if err != nil {
-			s.log.Info("client protocol error", "client_id", s.connect.ClientID, "type", f.Type.String(), "error", err)
-			s.end(endClientError, codec.ReasonOf(err), err.Error())
-			return
-		}
-		if f.Type == codec.DISCONNECT {
-			s.endWith(endClientDisconnect, codec.Success, "client disconnected", f.Bytes)
-			return
-		}
-		if err := s.uw.write(f.Bytes, s.cr.Buffered() == 0); err != nil {
-			s.end(endUpstreamGone, codec.UnspecifiedError, "writing to the broker failed: "+err.Error())
+	handle:
+		checkTLS = true
+		if !p.handle() {
 			return
 		}
 	}
+}
+
+// handle reads, checks and forwards one packet; false ends the pump.
+func (p clientToBroker) handle() bool {
+	s := p.s
+	s.armKeepAlive()
+	if s.draining.Load() {
+		p.drain()
+		return false
+	}
+	f, err := s.cr.ReadPacket()
+	if err != nil {
+		p.readError(err)
+		return false
+	}
+	sc := scratchPool.Get().(*scratch)
+	err = p.check(f, &sc.pub, &sc.ack)
+	scratchPool.Put(sc)
+	if err != nil {
+		s.logger().Info("client protocol error", "client_id", s.info.id, "type", f.Type.String(), "error", err)
+		s.end(endClientError, codec.ReasonOf(err), err.Error())
+		return false
+	}
+	if f.Type == codec.DISCONNECT {
+		s.endWith(endClientDisconnect, codec.Success, "client disconnected", f.Bytes)
+		return false
+	}
+	if err := s.uw.write(f.Bytes, s.cr.Buffered() == 0); err != nil {
+		s.end(endUpstreamGone, codec.UnspecifiedError, "writing to the broker failed: "+err.Error())
+		return false
+	}
+	return true
 }
 
 // check validates one client packet. PUBLISH and the acks, the bulk of the
@@ -111,14 +147,14 @@ func (p clientToBroker) readError(err error) {
 	var ce *codec.Error
 	switch {
 	case errors.As(err, &ce):
-		s.log.Info("client protocol error", "client_id", s.connect.ClientID, "error", err)
+		s.logger().Info("client protocol error", "client_id", s.info.id, "error", err)
 		s.end(endClientError, ce.Code, err.Error())
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		if s.draining.Load() {
 			p.drain()
 			return
 		}
-		s.log.Info("keep alive timeout", "client_id", s.connect.ClientID, "keep_alive", s.connect.KeepAlive)
+		s.logger().Info("keep alive timeout", "client_id", s.info.id, "keep_alive", s.info.keepAlive)
 		s.end(endClientError, codec.KeepAliveTimeout, "keep alive timeout")
 	case errors.Is(err, io.EOF):
 		s.end(endClientGone, codec.Success, "client closed the connection without DISCONNECT")
@@ -141,30 +177,62 @@ func (p clientToBroker) drain() {
 
 func (p brokerToClient) run() {
 	s := p.s
+	checkTLS := true
 	for {
-		f, err := s.ur.ReadPacket()
-		if err != nil {
-			p.readError(err)
-			return
+		if s.ur.Buffered() == 0 {
+			if checkTLS && s.uwait.tls {
+				ok, err := s.uwait.tlsBuffered(s.ur, s.upstreamDeadline())
+				if err == nil {
+					s.restoreUpstreamDeadline()
+				}
+				if err != nil {
+					p.readError(err)
+					return
+				}
+				if ok {
+					goto handle
+				}
+			}
+			s.ur.Release()
+			if err := s.uwait.park(); err != nil {
+				p.readError(err)
+				return
+			}
 		}
-		sc := scratchPool.Get().(*scratch)
-		err = p.check(f, &sc.pub, &sc.ack)
-		scratchPool.Put(sc)
-		if err != nil {
-			s.log.Warn("broker protocol error", "client_id", s.connect.ClientID, "type", f.Type.String(), "error", err)
-			s.end(endUpstreamError, codec.ReasonOf(err), "upstream broker sent an invalid packet")
-			return
-		}
-		if f.Type == codec.DISCONNECT {
-			s.cw.write(f.Bytes, true)
-			s.end(endUpstreamDisconnect, codec.Success, "broker sent DISCONNECT")
-			return
-		}
-		if err := s.cw.write(f.Bytes, s.ur.Buffered() == 0); err != nil {
-			s.end(endClientGone, codec.Success, "writing to the client failed: "+err.Error())
+	handle:
+		checkTLS = true
+		if !p.handle() {
 			return
 		}
 	}
+}
+
+// handle reads, checks and relays one packet; false ends the pump.
+func (p brokerToClient) handle() bool {
+	s := p.s
+	f, err := s.ur.ReadPacket()
+	if err != nil {
+		p.readError(err)
+		return false
+	}
+	sc := scratchPool.Get().(*scratch)
+	err = p.check(f, &sc.pub, &sc.ack)
+	scratchPool.Put(sc)
+	if err != nil {
+		s.logger().Warn("broker protocol error", "client_id", s.info.id, "type", f.Type.String(), "error", err)
+		s.end(endUpstreamError, codec.ReasonOf(err), "upstream broker sent an invalid packet")
+		return false
+	}
+	if f.Type == codec.DISCONNECT {
+		s.cw.write(f.Bytes, true)
+		s.end(endUpstreamDisconnect, codec.Success, "broker sent DISCONNECT")
+		return false
+	}
+	if err := s.cw.write(f.Bytes, s.ur.Buffered() == 0); err != nil {
+		s.end(endClientGone, codec.Success, "writing to the client failed: "+err.Error())
+		return false
+	}
+	return true
 }
 
 func (p brokerToClient) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) error {
@@ -190,7 +258,7 @@ func (p brokerToClient) readError(err error) {
 	var ce *codec.Error
 	switch {
 	case errors.As(err, &ce):
-		s.log.Warn("broker protocol error", "client_id", s.connect.ClientID, "error", err)
+		s.logger().Warn("broker protocol error", "client_id", s.info.id, "error", err)
 		s.end(endUpstreamError, ce.Code, "upstream broker sent an invalid packet")
 	case errors.Is(err, io.EOF):
 		s.end(endUpstreamGone, codec.UnspecifiedError, "upstream broker closed the connection")

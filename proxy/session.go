@@ -41,26 +41,45 @@ const (
 	endShutdown                   // moat is shutting down: drain, then v5 DISCONNECT 0x8B
 )
 
+// clientInfo is what the session keeps of CONNECT once it is forwarded.
+type clientInfo struct {
+	id, username string
+	keepAlive    uint16
+	cleanStart   bool
+}
+
+// logger returns the log with the connection's attributes. Built per call,
+// since logging is rare and a per-session logger costs every idle
+// connection memory.
+func (s *session) logger() *slog.Logger {
+	return s.srv.log.With("conn", s.id, "listener", s.lst.cfg.Name, "remote", s.client.RemoteAddr().String())
+}
+
 // session is one client connection and its upstream connection.
 type session struct {
 	srv    *Server
 	lst    *listener
 	id     uint64
-	log    *slog.Logger
 	client net.Conn
 	start  time.Time
 
-	cr *codec.Reader // client -> moat
-	cw *peerWriter   // moat -> client
+	cr    *codec.Reader // client -> moat
+	cw    *peerWriter   // moat -> client
+	cwait idleWait
 
 	upstream net.Conn
 	ur       *codec.Reader // broker -> moat
 	uw       *peerWriter   // moat -> broker
+	uwait    idleWait
+	// upDeadline is the upstream read deadline (unix ns, 0 for none), kept
+	// so a look inside crypto/tls can restore it.
+	upDeadline atomic.Int64
 
-	connect   *codec.Connect
+	info      clientInfo
 	version   codec.Version
 	keepAlive time.Duration // 1.5 x the negotiated keep alive, 0 for none
 	armedAt   time.Time     // when the keep alive deadline was last set
+	deadline  time.Time     // the client read deadline armKeepAlive set
 	// clientMaxPacket is the client's own Maximum Packet Size (MQTT 5), for
 	// packets moat writes to it; 0 means no limit beyond the protocol's.
 	clientMaxPacket int
@@ -86,7 +105,6 @@ func newSession(srv *Server, l *listener, conn net.Conn) *session {
 		client: conn,
 		start:  time.Now(),
 	}
-	s.log = srv.log.With("conn", id, "listener", l.cfg.Name, "remote", conn.RemoteAddr().String())
 	if l.tls != nil {
 		s.client = tls.Server(conn, l.tls)
 	}
@@ -98,12 +116,12 @@ func newSession(srv *Server, l *listener, conn net.Conn) *session {
 // TLS handshake is not kept for the life of the connection.
 func (s *session) serve() {
 	if err := s.establish(); err != nil {
-		s.log.Debug("connection refused", "error", err)
+		s.logger().Debug("connection refused", "error", err)
 		s.finish()
 		return
 	}
-	s.log.Info("client connected", "client_id", s.connect.ClientID, "username", s.connect.Username,
-		"protocol", s.version.String(), "clean_start", s.connect.CleanStart, "keep_alive", s.connect.KeepAlive)
+	s.logger().Info("client connected", "client_id", s.info.id, "username", s.info.username,
+		"protocol", s.version.String(), "clean_start", s.info.cleanStart, "keep_alive", s.info.keepAlive)
 	s.pumps.Store(2)
 	go clientToBroker{s}.start()
 	go brokerToClient{s}.start()
@@ -120,7 +138,7 @@ func (s *session) pumpDone() {
 		}
 		s.lingerClient()
 	}
-	s.log.Info("client disconnected", "client_id", s.connect.ClientID, "duration", time.Since(s.start).Round(time.Millisecond).String(),
+	s.logger().Info("client disconnected", "client_id", s.info.id, "duration", time.Since(s.start).Round(time.Millisecond).String(),
 		"reason", s.reason)
 	s.finish()
 }
@@ -147,12 +165,13 @@ func (s *session) establish() error {
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
-			s.log.Info("tls handshake failed", "error", err)
+			s.logger().Info("tls handshake failed", "error", err)
 			return err
 		}
 	}
 	s.cr = codec.NewReader(s.client, int(lim.MaxPacketSize))
 	s.cw = newPeerWriter(s.client, lim.WriteTimeout)
+	s.cwait = newIdleWait(s.client)
 
 	// [MQTT-3.1.0-1] the first packet must be CONNECT, and it must arrive
 	// complete within connect_timeout.
@@ -163,23 +182,24 @@ func (s *session) establish() error {
 		return err
 	}
 	if f.Type != codec.CONNECT {
-		s.log.Info("first packet is not CONNECT; closing", "type", f.Type.String())
+		s.logger().Info("first packet is not CONNECT; closing", "type", f.Type.String())
 		return fmt.Errorf("first packet %s", f.Type)
 	}
 	c, err := codec.DecodeConnect(f)
 	if err != nil {
-		s.log.Info("invalid CONNECT", "error", err)
+		s.logger().Info("invalid CONNECT", "error", err)
 		s.refuseConnect(c, err)
 		return err
 	}
 	if c.Version == codec.V5 && c.Properties.Has(codec.PropAuthMethod) {
 		// Enhanced authentication (AUTH exchanges) is not implemented: refuse
 		// it plainly rather than pass an unchecked exchange to the broker.
-		s.log.Info("enhanced authentication refused", "method", string(c.Properties.AuthMethod), "client_id", c.ClientID)
+		s.logger().Info("enhanced authentication refused", "method", string(c.Properties.AuthMethod), "client_id", c.ClientID)
 		s.sendConnack(c.Version, codec.BadAuthenticationMethod, 0)
 		return errors.New("enhanced authentication is not supported")
 	}
-	s.connect, s.version = c, c.Version
+	s.version = c.Version
+	s.info = clientInfo{id: c.ClientID, username: c.Username, keepAlive: c.KeepAlive, cleanStart: c.CleanStart}
 	s.setKeepAlive(c.KeepAlive)
 	if c.Version == codec.V5 && c.Properties.Has(codec.PropMaximumPacketSize) {
 		s.clientMaxPacket = int(c.Properties.MaximumPacketSize)
@@ -188,7 +208,7 @@ func (s *session) establish() error {
 	// Dial the broker and forward CONNECT.
 	up, err := s.dialUpstream()
 	if err != nil {
-		s.log.Warn("upstream unavailable", "upstream", s.srv.cfg.Upstream.Address, "error", err)
+		s.logger().Warn("upstream unavailable", "upstream", s.srv.cfg.Upstream.Address, "error", err)
 		s.sendConnack(c.Version, codec.ServerUnavailable, codec.ConnRefusedServerUnavailable)
 		return err
 	}
@@ -201,6 +221,7 @@ func (s *session) establish() error {
 	}
 	s.ur = codec.NewReader(up, int(lim.MaxPacketSize))
 	s.uw = newPeerWriter(up, lim.WriteTimeout)
+	s.uwait = newIdleWait(up)
 
 	connectBytes := f.Bytes
 	if c.Version == codec.V5 && (!c.Properties.Has(codec.PropMaximumPacketSize) ||
@@ -216,7 +237,7 @@ func (s *session) establish() error {
 		}
 	}
 	if err := s.uw.write(connectBytes, true); err != nil {
-		s.log.Warn("upstream write failed", "error", err)
+		s.logger().Warn("upstream write failed", "error", err)
 		s.sendConnack(c.Version, codec.ServerUnavailable, codec.ConnRefusedServerUnavailable)
 		return err
 	}
@@ -234,7 +255,7 @@ func (s *session) establish() error {
 		ack, _ = p.(*codec.Connack)
 	}
 	if err != nil {
-		s.log.Warn("upstream did not accept the connection", "upstream", s.srv.cfg.Upstream.Address, "error", err)
+		s.logger().Warn("upstream did not accept the connection", "upstream", s.srv.cfg.Upstream.Address, "error", err)
 		s.sendConnack(c.Version, codec.ServerUnavailable, codec.ConnRefusedServerUnavailable)
 		return err
 	}
@@ -257,10 +278,17 @@ func (s *session) establish() error {
 		return err
 	}
 	if ack.ReasonCode != 0 {
-		s.log.Info("broker refused the connection", "client_id", c.ClientID, "code", ack.ReasonCode)
+		s.logger().Info("broker refused the connection", "client_id", c.ClientID, "code", ack.ReasonCode)
 		return fmt.Errorf("broker refused the connection with code 0x%02X", ack.ReasonCode)
 	}
 	s.client.SetReadDeadline(time.Time{})
+	if s.cwait.tls && s.cr.Buffered() == 0 {
+		// Look inside crypto/tls here, on this already deep stack, so the
+		// client pump starts by parking shallow.
+		if _, err := s.cwait.tlsBuffered(s.cr, time.Time{}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -325,17 +353,37 @@ func (s *session) setKeepAlive(ka uint16) {
 // and a timer update off every packet it re-arms at most every keep
 // alive/8, with that much slack added, so a client is never cut before 1.5
 // x keep alive and at most keep alive/8 after.
-func (s *session) armKeepAlive() {
+func (s *session) armKeepAlive() time.Time {
 	if s.keepAlive == 0 {
-		return
+		return time.Time{}
 	}
 	now := time.Now()
 	slack := s.keepAlive / 12 // (1.5 x ka) / 12 = ka / 8
 	if now.Sub(s.armedAt) < slack {
-		return
+		return s.deadline
 	}
 	s.armedAt = now
-	s.client.SetReadDeadline(now.Add(s.keepAlive + slack))
+	s.deadline = now.Add(s.keepAlive + slack)
+	s.client.SetReadDeadline(s.deadline)
+	return s.deadline
+}
+
+func (s *session) upstreamDeadline() time.Time {
+	if ns := s.upDeadline.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// restoreUpstreamDeadline re-applies the upstream deadline if it changed
+// while a look inside crypto/tls had it replaced.
+func (s *session) restoreUpstreamDeadline() {
+	s.mu.Lock()
+	up := s.upstream
+	s.mu.Unlock()
+	if up != nil {
+		up.SetReadDeadline(s.upstreamDeadline())
+	}
 }
 
 // drain asks the session to finish: stop reading from the client at a
@@ -440,7 +488,9 @@ func (s *session) closeUpstreamWrite() {
 	s.mu.Unlock()
 	if up != nil {
 		closeWrite(up)
-		up.SetReadDeadline(time.Now().Add(s.srv.cfg.Shutdown.DrainTimeout))
+		d := time.Now().Add(s.srv.cfg.Shutdown.DrainTimeout)
+		s.upDeadline.Store(d.UnixNano())
+		up.SetReadDeadline(d)
 	}
 }
 
@@ -476,13 +526,13 @@ func (s *session) logReadError(what string, err error) {
 	var ce *codec.Error
 	switch {
 	case errors.As(err, &ce):
-		s.log.Info(what, "error", err)
+		s.logger().Info(what, "error", err)
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		s.log.Info(what+": timed out", "error", err)
+		s.logger().Info(what+": timed out", "error", err)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
-		s.log.Debug(what+": connection closed", "error", err)
+		s.logger().Debug(what+": connection closed", "error", err)
 	default:
-		s.log.Debug(what, "error", err)
+		s.logger().Debug(what, "error", err)
 	}
 }
 
