@@ -35,7 +35,6 @@ type options struct {
 	policy  string
 	version int
 	only    *regexp.Regexp
-	idleN   []int
 }
 
 func main() {

@@ -35,6 +35,7 @@ type Reader struct {
 	buf   []byte // pooled while data flows; nil when idle
 	r, w  int    // unread bytes are buf[r:w]
 	big   []byte // a packet larger than the pooled buffer
+	full  bool   // the last read filled all the space offered
 	small [smallRead]byte
 }
 
@@ -97,6 +98,7 @@ func (r *Reader) fill() error {
 		// Idle: block on the inline array, take a pooled buffer only
 		// when bytes arrive.
 		n, err := r.src.Read(r.small[:])
+		r.full = n == len(r.small)
 		if n > 0 {
 			r.buf = (*bufPool.Get().(*[]byte))[:PoolBufSize]
 			r.r, r.w = 0, copy(r.buf, r.small[:n])
@@ -113,6 +115,7 @@ func (r *Reader) fill() error {
 		r.r = 0
 	}
 	n, err := r.src.Read(r.buf[r.w:])
+	r.full = n == len(r.buf)-r.w
 	r.w += n
 	if n > 0 {
 		return nil
@@ -246,7 +249,7 @@ func checkFixedHeader(t PacketType, flags byte) error {
 	return nil
 }
 
-// ReadMore reads once from the source into the buffer without framing a
-// packet, so a caller can learn whether bytes are already available (with
-// an expired read deadline, for instance) without consuming a packet.
-func (r *Reader) ReadMore() error { return r.fill() }
+// LastReadFull reports whether the last read from the source filled all
+// the space it was offered, so the source may hold more. A layer that
+// buffers (crypto/tls) has nothing left for the Reader when this is false.
+func (r *Reader) LastReadFull() bool { return r.full }

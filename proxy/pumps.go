@@ -31,6 +31,10 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 func (p clientToBroker) start() {
 	defer p.s.pumpDone()
 	p.run()
+	if s := p.s; s.ended.Load() && s.kind.lingers() {
+		// This pump is the client's only reader: it does the lingering.
+		s.discardClient()
+	}
 }
 
 func (p brokerToClient) start() {
@@ -38,36 +42,23 @@ func (p brokerToClient) start() {
 	p.run()
 }
 
-// run alternates between waiting, shallow and bufferless, while the
-// client is idle, and handling packets while bytes are buffered.
+// run alternates between parking, shallow and bufferless, while nothing
+// from the client is pending anywhere, and handling packets.
 func (p clientToBroker) run() {
 	s := p.s
-	checkTLS := false // establish has just looked
-	for {
-		if s.cr.Buffered() == 0 {
-			deadline := s.armKeepAlive()
-			if checkTLS && s.cwait.tls {
-				ok, err := s.cwait.tlsBuffered(s.cr, deadline)
-				if err != nil {
-					p.readError(err)
-					return
-				}
-				if ok {
-					goto handle
-				}
-			}
+	for !s.ended.Load() {
+		if s.clientIdle() {
+			s.armKeepAlive()
 			if s.draining.Load() {
 				p.drain()
 				return
 			}
-			s.cr.Release() // nothing buffered: hold no buffer while parked
-			if err := s.cwait.park(); err != nil {
+			s.cr.Release()
+			if err := s.cwc.Park(); err != nil {
 				p.readError(err)
 				return
 			}
 		}
-	handle:
-		checkTLS = true
 		if !p.handle() {
 			return
 		}
@@ -77,6 +68,9 @@ func (p clientToBroker) run() {
 // handle reads, checks and forwards one packet; false ends the pump.
 func (p clientToBroker) handle() bool {
 	s := p.s
+	if s.ended.Load() {
+		return false
+	}
 	s.armKeepAlive()
 	if s.draining.Load() {
 		p.drain()
@@ -177,30 +171,14 @@ func (p clientToBroker) drain() {
 
 func (p brokerToClient) run() {
 	s := p.s
-	checkTLS := true
 	for {
-		if s.ur.Buffered() == 0 {
-			if checkTLS && s.uwait.tls {
-				ok, err := s.uwait.tlsBuffered(s.ur, s.upstreamDeadline())
-				if err == nil {
-					s.restoreUpstreamDeadline()
-				}
-				if err != nil {
-					p.readError(err)
-					return
-				}
-				if ok {
-					goto handle
-				}
-			}
+		if s.upstreamIdle() {
 			s.ur.Release()
-			if err := s.uwait.park(); err != nil {
+			if err := s.uwc.Park(); err != nil {
 				p.readError(err)
 				return
 			}
 		}
-	handle:
-		checkTLS = true
 		if !p.handle() {
 			return
 		}

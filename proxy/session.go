@@ -63,17 +63,14 @@ type session struct {
 	client net.Conn
 	start  time.Time
 
-	cr    *codec.Reader // client -> moat
-	cw    *peerWriter   // moat -> client
-	cwait idleWait
+	cr  *codec.Reader // client -> moat
+	cw  *peerWriter   // moat -> client
+	cwc *waitConn     // socket under the client connection; nil if not a socket
 
 	upstream net.Conn
 	ur       *codec.Reader // broker -> moat
 	uw       *peerWriter   // moat -> broker
-	uwait    idleWait
-	// upDeadline is the upstream read deadline (unix ns, 0 for none), kept
-	// so a look inside crypto/tls can restore it.
-	upDeadline atomic.Int64
+	uwc      *waitConn
 
 	info      clientInfo
 	version   codec.Version
@@ -105,8 +102,11 @@ func newSession(srv *Server, l *listener, conn net.Conn) *session {
 		client: conn,
 		start:  time.Now(),
 	}
+	wc := newWaitConn(conn, l.tls != nil)
+	s.cwc, _ = wc.(*waitConn)
+	s.client = wc
 	if l.tls != nil {
-		s.client = tls.Server(conn, l.tls)
+		s.client = tls.Server(wc, l.tls)
 	}
 	return s
 }
@@ -152,6 +152,12 @@ func (s *session) finish() {
 	if s.ur != nil {
 		s.ur.Release()
 	}
+	if s.cwc != nil {
+		s.cwc.Release()
+	}
+	if s.uwc != nil {
+		s.uwc.Release()
+	}
 	s.srv.forget(s)
 }
 
@@ -171,7 +177,6 @@ func (s *session) establish() error {
 	}
 	s.cr = codec.NewReader(s.client, int(lim.MaxPacketSize))
 	s.cw = newPeerWriter(s.client, lim.WriteTimeout)
-	s.cwait = newIdleWait(s.client)
 
 	// [MQTT-3.1.0-1] the first packet must be CONNECT, and it must arrive
 	// complete within connect_timeout.
@@ -221,7 +226,6 @@ func (s *session) establish() error {
 	}
 	s.ur = codec.NewReader(up, int(lim.MaxPacketSize))
 	s.uw = newPeerWriter(up, lim.WriteTimeout)
-	s.uwait = newIdleWait(up)
 
 	connectBytes := f.Bytes
 	if c.Version == codec.V5 && (!c.Properties.Has(codec.PropMaximumPacketSize) ||
@@ -282,13 +286,6 @@ func (s *session) establish() error {
 		return fmt.Errorf("broker refused the connection with code 0x%02X", ack.ReasonCode)
 	}
 	s.client.SetReadDeadline(time.Time{})
-	if s.cwait.tls && s.cr.Buffered() == 0 {
-		// Look inside crypto/tls here, on this already deep stack, so the
-		// client pump starts by parking shallow.
-		if _, err := s.cwait.tlsBuffered(s.cr, time.Time{}); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
@@ -296,16 +293,22 @@ func (s *session) dialUpstream() (net.Conn, error) {
 	cfg := &s.srv.cfg.Upstream
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
-	d := &net.Dialer{}
-	if s.srv.upstream != nil {
-		td := &tls.Dialer{NetDialer: d, Config: s.srv.upstream}
-		return td.DialContext(ctx, "tcp", cfg.Address)
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Address)
+	if err != nil {
+		return nil, err
 	}
-	conn, err := d.DialContext(ctx, "tcp", cfg.Address)
-	if err == nil {
-		conn.(*net.TCPConn).SetNoDelay(true)
+	conn.(*net.TCPConn).SetNoDelay(true)
+	wc := newWaitConn(conn, s.srv.upstream != nil)
+	s.uwc, _ = wc.(*waitConn)
+	if s.srv.upstream == nil {
+		return wc, nil
 	}
-	return conn, err
+	tc := tls.Client(wc, s.srv.upstream)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 // refuseConnect answers an invalid CONNECT in the client's protocol where
@@ -368,22 +371,14 @@ func (s *session) armKeepAlive() time.Time {
 	return s.deadline
 }
 
-func (s *session) upstreamDeadline() time.Time {
-	if ns := s.upDeadline.Load(); ns != 0 {
-		return time.Unix(0, ns)
-	}
-	return time.Time{}
+// clientIdle reports that nothing from the client is pending in moat:
+// not in the codec.Reader, not in crypto/tls, not under it.
+func (s *session) clientIdle() bool {
+	return s.cwc != nil && s.cr.Buffered() == 0 && !s.cr.LastReadFull() && s.cwc.Buffered() == 0
 }
 
-// restoreUpstreamDeadline re-applies the upstream deadline if it changed
-// while a look inside crypto/tls had it replaced.
-func (s *session) restoreUpstreamDeadline() {
-	s.mu.Lock()
-	up := s.upstream
-	s.mu.Unlock()
-	if up != nil {
-		up.SetReadDeadline(s.upstreamDeadline())
-	}
+func (s *session) upstreamIdle() bool {
+	return s.uwc != nil && s.ur.Buffered() == 0 && !s.ur.LastReadFull() && s.uwc.Buffered() == 0
 }
 
 // drain asks the session to finish: stop reading from the client at a
@@ -410,8 +405,8 @@ func (s *session) end(kind endKind, code codec.ReasonCode, reason string) {
 // be mistaken for the broker going away.
 func (s *session) endWith(kind endKind, code codec.ReasonCode, reason string, lastUp []byte) {
 	s.endOnce.Do(func() {
-		s.ended.Store(true)
 		s.kind, s.code, s.reason = kind, code, reason
+		s.ended.Store(true) // after kind: readers of ended may read kind
 		switch kind {
 		case endClientDisconnect, endShutdown:
 			if lastUp != nil && s.uw != nil {
@@ -430,7 +425,7 @@ func (s *session) endWith(kind endKind, code codec.ReasonCode, reason string, la
 			if s.version == codec.V5 {
 				s.sendClientDisconnect(code, reason)
 			}
-			s.lingerClient()
+			s.halfCloseClient()
 		case endUpstreamGone, endUpstreamError:
 			if kind == endUpstreamError && s.version == codec.V5 {
 				s.writeUpstreamDisconnect(codec.MalformedPacket)
@@ -439,10 +434,10 @@ func (s *session) endWith(kind endKind, code codec.ReasonCode, reason string, la
 			if s.version == codec.V5 {
 				s.sendClientDisconnect(codec.UnspecifiedError, reason)
 			}
-			s.lingerClient()
+			s.halfCloseClient()
 		case endUpstreamDisconnect:
 			s.closeUpstream()
-			s.lingerClient()
+			s.halfCloseClient()
 		}
 	})
 }
@@ -451,7 +446,8 @@ func (s *session) endWith(kind endKind, code codec.ReasonCode, reason string, la
 // within the client's Maximum Packet Size.
 func (s *session) sendClientDisconnect(code codec.ReasonCode, reason string) {
 	d := &codec.Disconnect{ReasonCode: code}
-	// [MQTT-3.14.2-?] a reason string may be dropped, never the packet.
+	// [MQTT-3.14.2-3] no Reason String that would exceed the client's
+	// Maximum Packet Size: drop the string, not the packet.
 	if reason != "" && (s.clientMaxPacket == 0 || len(reason)+16 <= s.clientMaxPacket) {
 		d.Properties.Set(codec.PropReasonString)
 		d.Properties.ReasonString = []byte(reason)
@@ -474,12 +470,36 @@ func (s *session) writeUpstreamDisconnect(code codec.ReasonCode) {
 
 // lingerClient half-closes the client connection and discards what it
 // still sends for a moment, so the last packet moat wrote is not lost to a
-// reset caused by unread data.
+// reset caused by unread data. Only for a goroutine that may read the
+// client: the establishing one, or the last pump.
 func (s *session) lingerClient() {
+	s.halfCloseClient()
+	s.discardClient()
+	s.client.Close()
+}
+
+// halfCloseClient ends moat's side of the client connection and bounds how
+// long the client's remaining bytes are read. The client pump, if running,
+// does that reading (and discards what it reads once the session ended).
+func (s *session) halfCloseClient() {
 	closeWrite(s.client)
 	s.client.SetReadDeadline(time.Now().Add(lingerTime))
+}
+
+// discardClient reads and drops what the client still sends, until it
+// closes or the linger deadline passes.
+func (s *session) discardClient() {
 	io.Copy(io.Discard, io.LimitReader(s.client, 64<<10))
-	s.client.Close()
+}
+
+// lingers reports whether the session's end leaves a last packet on its
+// way to the client that unread client bytes could destroy.
+func (k endKind) lingers() bool {
+	switch k {
+	case endClientError, endUpstreamGone, endUpstreamError, endUpstreamDisconnect:
+		return true
+	}
+	return false
 }
 
 func (s *session) closeUpstreamWrite() {
@@ -488,9 +508,7 @@ func (s *session) closeUpstreamWrite() {
 	s.mu.Unlock()
 	if up != nil {
 		closeWrite(up)
-		d := time.Now().Add(s.srv.cfg.Shutdown.DrainTimeout)
-		s.upDeadline.Store(d.UnixNano())
-		up.SetReadDeadline(d)
+		up.SetReadDeadline(time.Now().Add(s.srv.cfg.Shutdown.DrainTimeout))
 	}
 }
 

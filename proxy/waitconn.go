@@ -1,0 +1,200 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// waitConn sits between a TCP socket and whatever reads it (codec.Reader
+// directly, or crypto/tls). It lets an idle pump park on a shallow stack
+// while holding no buffer, and it does so without extra system calls: the
+// read that wakes the pump is the read that fetches the data.
+//
+// Reads go through syscall.RawConn into a pooled buffer taken only for the
+// read and kept only while it holds data. Under TLS (records set) it hands
+// crypto/tls at most one TLS record per Read, so crypto/tls never buffers
+// bytes beyond the record it is decrypting; the pump can then tell that
+// nothing is pending anywhere and park.
+type waitConn struct {
+	net.Conn
+	raw     syscall.RawConn
+	records bool
+
+	// One reader at a time: the pump (or crypto/tls on its behalf).
+	buf    []byte // pooled while holding data
+	r, w   int
+	hdr    [5]byte // TLS record header being delivered
+	hdrN   int     // header bytes delivered of the current record
+	recOut int     // body bytes of the current record still to deliver
+
+	// Results of the last raw read, set inside the RawConn callback.
+	n   int
+	err error
+}
+
+const waitBufSize = 16 << 10
+
+var waitPool = sync.Pool{New: func() any { b := make([]byte, waitBufSize); return &b }}
+
+// newWaitConn wraps c; records is true when crypto/tls will read from it.
+// Connections that are not sockets are returned as they are.
+func newWaitConn(c net.Conn, records bool) net.Conn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return c
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	return &waitConn{Conn: c, raw: raw, records: records}
+}
+
+// Buffered reports bytes read from the socket and not yet handed out.
+func (c *waitConn) Buffered() int { return c.w - c.r }
+
+// readCallback is bound once per connection so parking allocates nothing.
+func (c *waitConn) readCallback(fd uintptr) bool {
+	if c.buf == nil {
+		c.buf = (*waitPool.Get().(*[]byte))[:waitBufSize]
+		c.r, c.w = 0, 0
+	}
+	n, err := syscall.Read(int(fd), c.buf[c.w:])
+	if err == syscall.EAGAIN {
+		if c.w == c.r {
+			c.releaseLocked() // park with no buffer
+		}
+		return false
+	}
+	if err == syscall.EINTR {
+		return false
+	}
+	c.n, c.err = n, err
+	if n > 0 {
+		c.w += n
+	}
+	return true
+}
+
+// fill blocks until the socket has data (read into the buffer), EOF, an
+// error or the read deadline.
+func (c *waitConn) fill() error {
+	if c.buf != nil && c.w == len(c.buf) {
+		c.w = copy(c.buf, c.buf[c.r:c.w])
+		c.r = 0
+	}
+	c.n, c.err = 0, nil
+	if err := c.raw.Read(c.readCallback); err != nil {
+		return err
+	}
+	if c.err != nil {
+		return c.err
+	}
+	if c.n == 0 {
+		return errEOF
+	}
+	return nil
+}
+
+var errEOF = errors.New("EOF")
+
+// Park waits, holding no buffer, until the socket has something to read,
+// and reads it. The caller's stack stays shallow.
+func (c *waitConn) Park() error {
+	if c.w > c.r {
+		return nil
+	}
+	return c.fill()
+}
+
+// Read hands out buffered bytes, reading the socket when none are left.
+func (c *waitConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for c.w == c.r {
+		if err := c.fill(); err != nil {
+			if err == errEOF {
+				return 0, io.EOF
+			}
+			return 0, err
+		}
+	}
+	avail := c.buf[c.r:c.w]
+	if c.records {
+		avail = c.recordLimit(avail)
+	}
+	n := copy(p, avail)
+	c.r += n
+	if c.records {
+		c.advanceRecord(c.buf[c.r-n : c.r])
+	}
+	if c.r == c.w {
+		c.releaseLocked()
+	}
+	return n, nil
+}
+
+// recordLimit cuts avail at the end of the current TLS record.
+func (c *waitConn) recordLimit(avail []byte) []byte {
+	if c.hdrN < len(c.hdr) {
+		// Still delivering the header: hand out at most the header's rest
+		// plus, once the length is known, the body.
+		need := len(c.hdr) - c.hdrN
+		if len(avail) < need {
+			return avail
+		}
+		var h [5]byte
+		copy(h[:], c.hdr[:c.hdrN])
+		copy(h[c.hdrN:], avail[:need])
+		body := int(h[3])<<8 | int(h[4])
+		return avail[:min(len(avail), need+body)]
+	}
+	return avail[:min(len(avail), c.recOut)]
+}
+
+// advanceRecord accounts for bytes just handed out.
+func (c *waitConn) advanceRecord(out []byte) {
+	for len(out) > 0 {
+		if c.hdrN < len(c.hdr) {
+			k := copy(c.hdr[c.hdrN:], out)
+			c.hdrN += k
+			out = out[k:]
+			if c.hdrN == len(c.hdr) {
+				c.recOut = int(c.hdr[3])<<8 | int(c.hdr[4])
+			}
+			continue
+		}
+		k := min(len(out), c.recOut)
+		c.recOut -= k
+		out = out[k:]
+		if c.recOut == 0 {
+			c.hdrN = 0
+		}
+	}
+	if c.hdrN == len(c.hdr) && c.recOut == 0 {
+		c.hdrN = 0 // empty record
+	}
+}
+
+func (c *waitConn) releaseLocked() {
+	if c.buf != nil {
+		b := c.buf[:cap(c.buf)]
+		waitPool.Put(&b)
+		c.buf, c.r, c.w = nil, 0, 0
+	}
+}
+
+// Release returns the buffer, for a connection that ends.
+func (c *waitConn) Release() { c.releaseLocked() }
+
+// CloseWrite half-closes the socket underneath.
+func (c *waitConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
