@@ -87,7 +87,11 @@ func (c *waitConn) fill() error {
 		c.r = 0
 	}
 	c.n, c.err = 0, nil
-	if err := c.raw.Read(c.readCallback); err != nil {
+	err := c.raw.Read(c.readCallback)
+	if c.w == c.r {
+		c.releaseLocked() // EOF, error or deadline: nothing to hold
+	}
+	if err != nil {
 		return err
 	}
 	if c.err != nil {
