@@ -319,7 +319,8 @@ func idleMemory(s *setup, o options, v codec.Version, r *results) error {
 				before := rss(p.pid())
 				clients, err := idle(pa, v, n)
 				if err == nil {
-					time.Sleep(time.Second)
+					// Settle: moat hands quiet connections to its parker after 1 s.
+					time.Sleep(3 * time.Second)
 					after := rss(p.pid())
 					r.add(fmt.Sprintf("idle memory %d connections", n), kind+"-"+transport,
 						sample{value: float64(after-before) / float64(n) / 1024, note: fmt.Sprintf("RSS %d -> %d KiB", before>>10, after>>10)})

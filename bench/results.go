@@ -115,7 +115,7 @@ func goroutinesPerConn(s *setup, r *results) error {
 		runtime.GC()
 		before := runtime.NumGoroutine()
 		clients, err := idle(p, codec.V311, n)
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(1500 * time.Millisecond) // past moat's idleAfter
 		// The harness's own clients start no goroutines once connected.
 		after := runtime.NumGoroutine()
 		for _, c := range clients {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/moat-mqtt/moat/codec"
 )
@@ -28,41 +29,58 @@ type scratch struct {
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
-func (p clientToBroker) start() {
-	defer p.s.pumpDone()
-	p.run()
+// start runs the pump on this goroutine until it ends or parks; resumed
+// is what woke a parked pump (nil: data; a deadline; errUnparked).
+func (p clientToBroker) start(resumed error) {
+	if p.run(resumed) {
+		return // parked: a later goroutine continues
+	}
 	if s := p.s; s.ended.Load() && s.kind.lingers() {
 		// This pump is the client's only reader: it does the lingering.
 		s.discardClient()
 	}
+	p.s.pumpDone()
 }
 
-func (p brokerToClient) start() {
-	defer p.s.pumpDone()
-	p.run()
+func (p brokerToClient) start(resumed error) {
+	if p.run(resumed) {
+		return
+	}
+	p.s.pumpDone()
 }
 
-// run alternates between parking, shallow and bufferless, while nothing
-// from the client is pending anywhere, and handling packets.
-func (p clientToBroker) run() {
+// run handles packets while the client sends, and waits holding no buffer
+// while it is quiet: in the netpoller first, then, after idleAfter, in the
+// parker with no goroutine at all. It reports whether it parked.
+func (p clientToBroker) run(resumed error) (parked bool) {
 	s := p.s
+	if resumed != nil && resumed != errUnparked {
+		p.readError(resumed) // the keep alive deadline passed while parked
+		return false
+	}
 	for !s.ended.Load() {
 		if s.clientIdle() {
-			s.armKeepAlive()
+			s.armClient()
 			if s.draining.Load() {
 				p.drain()
-				return
+				return false
 			}
 			s.cr.Release()
-			if err := s.cwc.Park(); err != nil {
-				p.readError(err)
-				return
+			parked, err := s.wait(s.cwc, &s.cpark, s.kaDeadline, &s.armedAt, s.resumeClient)
+			if parked {
+				return true
 			}
+			if err != nil {
+				p.readError(err)
+				return false
+			}
+			continue
 		}
 		if !p.handle() {
-			return
+			return false
 		}
 	}
+	return false
 }
 
 // handle reads, checks and forwards one packet; false ends the pump.
@@ -71,16 +89,22 @@ func (p clientToBroker) handle() bool {
 	if s.ended.Load() {
 		return false
 	}
-	s.armKeepAlive()
+	s.armClient()
 	if s.draining.Load() {
 		p.drain()
 		return false
 	}
 	f, err := s.cr.ReadPacket()
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) && !expired(s.kaDeadline) && !s.draining.Load() {
+			// Only the idle deadline, in the middle of a packet: keep reading.
+			s.armedAt = time.Time{}
+			return true
+		}
 		p.readError(err)
 		return false
 	}
+	s.clientPacket()
 	sc := scratchPool.Get().(*scratch)
 	err = p.check(f, &sc.pub, &sc.ack)
 	scratchPool.Put(sc)
@@ -169,18 +193,28 @@ func (p clientToBroker) drain() {
 	s.endWith(endShutdown, codec.ServerShuttingDown, "server shutting down", d)
 }
 
-func (p brokerToClient) run() {
+func (p brokerToClient) run(resumed error) (parked bool) {
 	s := p.s
+	if resumed != nil && resumed != errUnparked {
+		p.readError(resumed) // the drain deadline passed while parked
+		return false
+	}
 	for {
 		if s.upstreamIdle() {
+			s.armUpstream()
 			s.ur.Release()
-			if err := s.uwc.Park(); err != nil {
-				p.readError(err)
-				return
+			parked, err := s.wait(s.uwc, &s.upark, s.upstreamDeadline(), &s.uArmedAt, s.resumeUpstream)
+			if parked {
+				return true
 			}
+			if err != nil {
+				p.readError(err)
+				return false
+			}
+			continue
 		}
 		if !p.handle() {
-			return
+			return false
 		}
 	}
 }
@@ -188,8 +222,13 @@ func (p brokerToClient) run() {
 // handle reads, checks and relays one packet; false ends the pump.
 func (p brokerToClient) handle() bool {
 	s := p.s
+	s.armUpstream()
 	f, err := s.ur.ReadPacket()
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) && !expired(s.upstreamDeadline()) {
+			s.uArmedAt = time.Time{}
+			return true
+		}
 		p.readError(err)
 		return false
 	}

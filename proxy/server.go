@@ -24,6 +24,7 @@ type Server struct {
 	upstream *tls.Config // nil for plain TCP to the broker
 
 	listeners []*listener
+	parker    *parker // nil: idle pumps keep their goroutines
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -73,6 +74,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 // Start binds every listener and starts accepting. If one cannot bind, the
 // others are closed and the error names the listener.
 func (s *Server) Start() error {
+	if p, err := newParker(); err != nil {
+		s.log.Warn("idle connections will keep their goroutines", "error", err)
+	} else {
+		s.parker = p
+	}
 	for _, l := range s.listeners {
 		ln, err := net.Listen("tcp", l.cfg.Address)
 		if err != nil {
@@ -80,6 +86,9 @@ func (s *Server) Start() error {
 				if o.ln != nil {
 					o.ln.Close()
 				}
+			}
+			if s.parker != nil {
+				s.parker.close()
 			}
 			return fmt.Errorf("listener %q: %w", l.cfg.Name, err)
 		}
@@ -179,6 +188,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	defer func() {
+		if s.parker != nil {
+			s.parker.close()
+		}
+	}()
 	select {
 	case <-done:
 		return nil

@@ -72,11 +72,20 @@ type session struct {
 	uw       *peerWriter   // moat -> broker
 	uwc      *waitConn
 
-	info      clientInfo
-	version   codec.Version
-	keepAlive time.Duration // 1.5 x the negotiated keep alive, 0 for none
-	armedAt   time.Time     // when the keep alive deadline was last set
-	deadline  time.Time     // the client read deadline armKeepAlive set
+	info       clientInfo
+	version    codec.Version
+	keepAlive  time.Duration // 1.5 x the negotiated keep alive, 0 for none
+	armedAt    time.Time     // when the client read deadline was last set
+	kaDeadline time.Time     // the keep alive deadline armClient set
+	lastRead   time.Time     // last complete client packet (to within ka/8)
+	uArmedAt   time.Time     // when the upstream read deadline was last set
+	// upDeadline is the hard upstream read deadline (unix ns; 0: none),
+	// set when the session ends and the broker is given time to close.
+	upDeadline atomic.Int64
+	// Ids under which the pumps are parked, for unparking them, and the
+	// functions that resume them (bound once: parking allocates little).
+	cpark, upark                 atomic.Uint64
+	resumeClient, resumeUpstream func(error)
 	// clientMaxPacket is the client's own Maximum Packet Size (MQTT 5), for
 	// packets moat writes to it; 0 means no limit beyond the protocol's.
 	clientMaxPacket int
@@ -123,8 +132,24 @@ func (s *session) serve() {
 	s.logger().Info("client connected", "client_id", s.info.id, "username", s.info.username,
 		"protocol", s.version.String(), "clean_start", s.info.cleanStart, "keep_alive", s.info.keepAlive)
 	s.pumps.Store(2)
-	go clientToBroker{s}.start()
-	go brokerToClient{s}.start()
+	s.resumeClient, s.resumeUpstream = clientToBroker{s}.start, brokerToClient{s}.start
+	// Most clients say nothing right after CONNACK: park both sides at
+	// once rather than start goroutines only to park them a second later.
+	s.armClient()
+	s.startPump(s.cr, s.cwc, &s.cpark, s.kaDeadline, s.clientIdle(), s.resumeClient)
+	s.startPump(s.ur, s.uwc, &s.upark, time.Time{}, s.upstreamIdle(), s.resumeUpstream)
+}
+
+// startPump parks a pump whose side has nothing to read, or starts its
+// goroutine.
+func (s *session) startPump(r *codec.Reader, wc *waitConn, slot *atomic.Uint64, hard time.Time, idle bool, resume func(error)) {
+	if idle && s.srv.parker != nil {
+		r.Release()
+		if ok, err := wc.TryFill(); !ok && err == nil && s.srv.parker.park(wc, slot, hard, resume) == nil {
+			return
+		}
+	}
+	go resume(nil)
 }
 
 // pumpDone is called by each pump as it stops; the last one finishes.
@@ -204,6 +229,7 @@ func (s *session) establish() error {
 		return errors.New("enhanced authentication is not supported")
 	}
 	s.version = c.Version
+	s.lastRead = time.Now()
 	s.info = clientInfo{id: c.ClientID, username: c.Username, keepAlive: c.KeepAlive, cleanStart: c.CleanStart}
 	s.setKeepAlive(c.KeepAlive)
 	if c.Version == codec.V5 && c.Properties.Has(codec.PropMaximumPacketSize) {
@@ -352,23 +378,95 @@ func (s *session) setKeepAlive(ka uint16) {
 	s.keepAlive = time.Duration(ka) * 1500 * time.Millisecond
 }
 
-// armKeepAlive moves the client read deadline forward. To keep a syscall
-// and a timer update off every packet it re-arms at most every keep
-// alive/8, with that much slack added, so a client is never cut before 1.5
-// x keep alive and at most keep alive/8 after.
-func (s *session) armKeepAlive() time.Time {
-	if s.keepAlive == 0 {
-		return time.Time{}
+// idleAfter is how long a pump waits for its socket in the Go netpoller
+// before it hands the wait to the parker and its goroutine exits: busy
+// connections keep their goroutines, quiet ones cost none.
+const idleAfter = time.Second
+
+// armClient moves the client read deadline forward: the keep alive
+// deadline [MQTT-3.1.2-24], counted from the last packet received, or
+// idleAfter from now if sooner. To keep a timer update off every packet it
+// re-arms at most every eighth of the shorter period; lastRead is likewise
+// kept to within keep alive/8, and that much slack is added, so a client is
+// never cut before 1.5 x keep alive and at most keep alive/8 after.
+func (s *session) armClient() {
+	period := idleAfter
+	if s.keepAlive > 0 {
+		period = min(period, s.keepAlive)
 	}
 	now := time.Now()
-	slack := s.keepAlive / 12 // (1.5 x ka) / 12 = ka / 8
-	if now.Sub(s.armedAt) < slack {
-		return s.deadline
+	if now.Sub(s.armedAt) < period/8 {
+		return
 	}
 	s.armedAt = now
-	s.deadline = now.Add(s.keepAlive + slack)
-	s.client.SetReadDeadline(s.deadline)
-	return s.deadline
+	d := now.Add(idleAfter + idleAfter/8)
+	if s.keepAlive > 0 {
+		s.kaDeadline = s.lastRead.Add(s.keepAlive + s.keepAlive/12) // (1.5 x ka)/12 = ka/8
+		d = minTime(d, s.kaDeadline)
+	}
+	s.client.SetReadDeadline(d)
+}
+
+// clientPacket notes that a complete packet arrived, for keep alive.
+func (s *session) clientPacket() {
+	if s.keepAlive == 0 {
+		return
+	}
+	if now := time.Now(); now.Sub(s.lastRead) >= s.keepAlive/12 {
+		s.lastRead = now
+		s.armedAt = time.Time{} // the keep alive deadline moved: re-arm
+	}
+}
+
+// armUpstream does the same for the broker side, where the only hard
+// deadline is the drain deadline set when the session ends.
+func (s *session) armUpstream() {
+	now := time.Now()
+	if now.Sub(s.uArmedAt) < idleAfter/8 {
+		return
+	}
+	s.uArmedAt = now
+	d := now.Add(idleAfter + idleAfter/8)
+	if hard := s.upstreamDeadline(); !hard.IsZero() {
+		d = minTime(d, hard)
+	}
+	s.upstream.SetReadDeadline(d)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func (s *session) upstreamDeadline() time.Time {
+	if ns := s.upDeadline.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// expired reports whether hard (zero: none) has passed.
+func expired(hard time.Time) bool { return !hard.IsZero() && !time.Now().Before(hard) }
+
+// wait blocks until wc's socket has data. A wait that runs into the idle
+// deadline without the hard deadline having passed moves to the parker:
+// it returns parked, the caller's goroutine must return, and resume
+// continues the pump later on a new goroutine.
+func (s *session) wait(wc *waitConn, slot *atomic.Uint64, hard time.Time, armedAt *time.Time, resume func(error)) (parked bool, err error) {
+	err = wc.Park()
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || expired(hard) || s.draining.Load() {
+		return false, err
+	}
+	*armedAt = time.Time{} // the connection's deadline is spent: re-arm on resume
+	if s.srv.parker == nil {
+		return false, nil
+	}
+	if err := s.srv.parker.park(wc, slot, hard, resume); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // clientIdle reports that nothing from the client is pending in moat:
@@ -386,12 +484,24 @@ func (s *session) upstreamIdle() bool {
 func (s *session) drain() {
 	s.draining.Store(true)
 	s.client.SetReadDeadline(time.Now())
+	if s.srv.parker != nil {
+		s.srv.parker.unpark(&s.cpark)
+	}
+}
+
+// unparkAll resumes parked pumps so they see that the session ends.
+func (s *session) unparkAll() {
+	if s.srv.parker != nil {
+		s.srv.parker.unpark(&s.cpark)
+		s.srv.parker.unpark(&s.upark)
+	}
 }
 
 // forceClose closes both connections now.
 func (s *session) forceClose() {
 	s.end(endShutdown, codec.ServerShuttingDown, "drain deadline passed")
 	s.closeAll()
+	s.unparkAll()
 }
 
 // end records why the session ends (first caller wins) and closes what must
@@ -439,6 +549,7 @@ func (s *session) endWith(kind endKind, code codec.ReasonCode, reason string, la
 			s.closeUpstream()
 			s.halfCloseClient()
 		}
+		s.unparkAll()
 	})
 }
 
@@ -508,7 +619,9 @@ func (s *session) closeUpstreamWrite() {
 	s.mu.Unlock()
 	if up != nil {
 		closeWrite(up)
-		up.SetReadDeadline(time.Now().Add(s.srv.cfg.Shutdown.DrainTimeout))
+		d := time.Now().Add(s.srv.cfg.Shutdown.DrainTimeout)
+		s.upDeadline.Store(d.UnixNano())
+		up.SetReadDeadline(d)
 	}
 }
 

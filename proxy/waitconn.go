@@ -22,6 +22,11 @@ type waitConn struct {
 	net.Conn
 	raw     syscall.RawConn
 	records bool
+	inEpoll bool // registered with the parker's epoll (pump goroutine only)
+
+	// RawConn callbacks, bound once so reads allocate nothing.
+	readFn, tryFn func(fd uintptr) bool
+	again         bool // tryFn saw EAGAIN
 
 	// One reader at a time: the pump (or crypto/tls on its behalf).
 	buf    []byte // pooled while holding data
@@ -50,7 +55,15 @@ func newWaitConn(c net.Conn, records bool) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &waitConn{Conn: c, raw: raw, records: records}
+	wc := &waitConn{Conn: c, raw: raw, records: records}
+	wc.readFn, wc.tryFn = wc.readCallback, wc.tryCallback
+	return wc
+}
+
+// tryCallback is readCallback that reports EAGAIN instead of waiting.
+func (c *waitConn) tryCallback(fd uintptr) bool {
+	c.again = !c.readCallback(fd)
+	return true
 }
 
 // Buffered reports bytes read from the socket and not yet handed out.
@@ -87,7 +100,7 @@ func (c *waitConn) fill() error {
 		c.r = 0
 	}
 	c.n, c.err = 0, nil
-	err := c.raw.Read(c.readCallback)
+	err := c.raw.Read(c.readFn)
 	if c.w == c.r {
 		c.releaseLocked() // EOF, error or deadline: nothing to hold
 	}
@@ -104,6 +117,30 @@ func (c *waitConn) fill() error {
 }
 
 var errEOF = errors.New("EOF")
+
+// TryFill reads what the socket has without waiting: true when bytes were
+// read (or are buffered), false with a nil error when there are none.
+func (c *waitConn) TryFill() (bool, error) {
+	if c.w > c.r {
+		return true, nil
+	}
+	c.n, c.err, c.again = 0, nil, false
+	err := c.raw.Read(c.tryFn)
+	if c.w == c.r {
+		c.releaseLocked()
+	}
+	switch {
+	case err != nil:
+		return false, err
+	case c.again:
+		return false, nil
+	case c.err != nil:
+		return false, c.err
+	case c.n == 0:
+		return false, io.EOF
+	}
+	return true, nil
+}
 
 // Park waits, holding no buffer, until the socket has something to read,
 // and reads it. The caller's stack stays shallow.

@@ -1,0 +1,193 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// parker holds idle pumps without goroutines. A pump with nothing to read
+// registers its socket (one-shot, level-triggered) with one epoll instance
+// and its goroutine exits; when the socket becomes readable, its deadline
+// passes or the session is told to stop, a fresh goroutine resumes the pump.
+// So an idle connection costs its buffers-free state and no stacks.
+type parker struct {
+	epfd   int
+	wakeR  int // pipe read end, registered under wakeID: closing the parker
+	wakeW  int
+	mu     sync.Mutex
+	parked map[uint64]*parkEntry
+	next   uint64
+	done   chan struct{}
+	closed bool
+}
+
+type parkEntry struct {
+	resume func(error)
+	timer  *time.Timer
+}
+
+// errUnparked resumes a pump that was woken by the session (end, drain),
+// not by its socket: the pump looks at the session's state.
+var errUnparked = errors.New("unparked")
+
+const wakeID = 0 // parked ids start at 1
+
+func newParker() (*parker, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	var fds [2]int
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		syscall.Close(epfd)
+		return nil, os.NewSyscallError("pipe2", err)
+	}
+	p := &parker{epfd: epfd, wakeR: fds[0], wakeW: fds[1], parked: map[uint64]*parkEntry{}, next: wakeID + 1, done: make(chan struct{})}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+	setID(&ev, wakeID)
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p.wakeR, &ev); err != nil {
+		p.closeFDs()
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	go p.loop()
+	return p, nil
+}
+
+// The 8 bytes of epoll user data carry a parked id (Go's EpollEvent
+// splits them in two int32 fields).
+func setID(ev *syscall.EpollEvent, id uint64) {
+	*(*uint64)(unsafe.Pointer(&ev.Fd)) = id
+}
+
+func getID(ev *syscall.EpollEvent) uint64 {
+	return *(*uint64)(unsafe.Pointer(&ev.Fd))
+}
+
+// park registers wc's socket and records the id in slot. On success the
+// caller's goroutine must return: resume will be called exactly once, on a
+// new goroutine, with nil (readable), os.ErrDeadlineExceeded (deadline,
+// when not zero) or errUnparked (unpark). The lock is held across the
+// registration so nothing can fire the entry while this goroutine still
+// touches the connection.
+func (p *parker) park(wc *waitConn, slot *atomic.Uint64, deadline time.Time, resume func(error)) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return net.ErrClosed
+	}
+	id := p.next
+	p.next++
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
+	setID(&ev, id)
+	var cerr error
+	err := wc.raw.Control(func(fd uintptr) {
+		op := syscall.EPOLL_CTL_MOD
+		if !wc.inEpoll {
+			op = syscall.EPOLL_CTL_ADD
+		}
+		cerr = syscall.EpollCtl(p.epfd, op, int(fd), &ev)
+		if cerr == syscall.ENOENT && op == syscall.EPOLL_CTL_MOD {
+			cerr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+		}
+		if cerr == nil {
+			wc.inEpoll = true
+		}
+	})
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	e := &parkEntry{resume: resume}
+	p.parked[id] = e
+	slot.Store(id)
+	if !deadline.IsZero() {
+		e.timer = time.AfterFunc(time.Until(deadline), func() { p.fire(id, os.ErrDeadlineExceeded) })
+	}
+	return nil
+}
+
+// take removes a parked entry; nil if it was already fired or taken.
+func (p *parker) take(id uint64) *parkEntry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.parked[id]
+	if !ok {
+		return nil
+	}
+	delete(p.parked, id)
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	return e
+}
+
+// fire resumes a parked pump, once.
+func (p *parker) fire(id uint64, err error) {
+	if e := p.take(id); e != nil {
+		go e.resume(err)
+	}
+}
+
+// unpark resumes the pump parked under the id in slot, if it still is.
+func (p *parker) unpark(slot *atomic.Uint64) {
+	if id := slot.Load(); id != 0 {
+		p.fire(id, errUnparked)
+	}
+}
+
+func (p *parker) loop() {
+	defer close(p.done)
+	events := make([]syscall.EpollEvent, 128)
+	for {
+		n, err := syscall.EpollWait(p.epfd, events, -1)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		for i := 0; i < n; i++ {
+			id := getID(&events[i])
+			if id == wakeID {
+				return
+			}
+			p.fire(id, nil)
+		}
+	}
+}
+
+// close stops the loop and resumes every parked pump (they find their
+// sessions ending).
+func (p *parker) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	ids := make([]uint64, 0, len(p.parked))
+	for id := range p.parked {
+		ids = append(ids, id)
+	}
+	p.mu.Unlock()
+	for _, id := range ids {
+		p.fire(id, errUnparked)
+	}
+	syscall.Write(p.wakeW, []byte{1})
+	<-p.done
+	p.closeFDs()
+}
+
+func (p *parker) closeFDs() {
+	syscall.Close(p.wakeR)
+	syscall.Close(p.wakeW)
+	syscall.Close(p.epfd)
+}
