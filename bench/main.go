@@ -45,8 +45,11 @@ func main() {
 	flag.StringVar(&o.raw, "raw", "", "file to write the raw samples to as JSON (e.g. docs/bench-raw.json)")
 	flag.StringVar(&o.policy, "policy", "allow_all", "policy moat runs with: allow_all (the only mode this version has)")
 	flag.IntVar(&o.version, "mqtt", 4, "protocol level of the load: 4 (3.1.1) or 5")
+	var env stringList
+	flag.Var(&env, "moat-env", "NAME=VALUE added to moat's environment (repeatable), e.g. GOMAXPROCS=1")
 	only := flag.String("run", "", "only measurements whose name matches this regular expression (e.g. 'idle|QoS 1 64')")
 	flag.Parse()
+	moatEnv = env
 	var err error
 	if o.only, err = regexp.Compile(*only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: -run:", err)
@@ -338,3 +341,8 @@ func idleMemory(s *setup, o options, v codec.Version, r *results) error {
 	}
 	return nil
 }
+
+type stringList []string
+
+func (s *stringList) String() string     { return fmt.Sprint(*s) }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }

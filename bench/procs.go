@@ -42,10 +42,21 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// moatEnv is extra environment for the moat process (-moat-env), e.g.
+// GOMAXPROCS=1 or GOGC=50, to try runtime settings without rebuilding.
+var moatEnv []string
+
 // startProc runs bin with args and waits until addr accepts connections.
 func startProc(name, bin string, args []string, addr string) (*proc, error) {
+	return startProcEnv(name, bin, args, addr, nil)
+}
+
+func startProcEnv(name, bin string, args []string, addr string, env []string) (*proc, error) {
 	p := &proc{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
@@ -238,5 +249,6 @@ log: {level: warn, format: text}
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	return startProc("moat", bin, []string{"run", "--config", path}, tlsAddr)
+	p, err := startProcEnv("moat", bin, []string{"run", "--config", path}, tlsAddr, moatEnv)
+	return p, err
 }
