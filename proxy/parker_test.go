@@ -117,3 +117,33 @@ func newParkerOK() bool {
 	p.close()
 	return true
 }
+
+// TestParkedSessionsEndEveryWay: parked sessions that end by DISCONNECT,
+// by a vanished client or by a protocol error all finish; none is left
+// parked forever.
+func TestParkedSessionsEndEveryWay(t *testing.T) {
+	if !newParkerOK() {
+		t.Skip("no parker on this platform")
+	}
+	broker := mqtttest.Start(t, "")
+	srv := newTestServer(t, broker.Addr, nil)
+	addr := srv.Addr("mqtt").String()
+	const n = 30
+	clients := make([]*mqtttest.Raw, n)
+	for i := range clients {
+		clients[i] = mqtttest.DialRaw(t, addr, nil)
+		clients[i].Connect(codec.V5, "end-"+string(rune('A'+i)), 60)
+	}
+	time.Sleep(idleAfter + 300*time.Millisecond) // all parked
+	for i, c := range clients {
+		switch i % 3 {
+		case 0:
+			c.SendPacket(&codec.Disconnect{})
+		case 1:
+			c.Conn.Close()
+		case 2:
+			c.Send([]byte{0x20, 2, 0, 0}) // CONNACK from a client
+		}
+	}
+	waitSessions(t, srv, 0)
+}

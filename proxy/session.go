@@ -456,17 +456,38 @@ func expired(hard time.Time) bool { return !hard.IsZero() && !time.Now().Before(
 // continues the pump later on a new goroutine.
 func (s *session) wait(wc *waitConn, slot *atomic.Uint64, hard time.Time, armedAt *time.Time, resume func(error)) (parked bool, err error) {
 	err = wc.Park()
-	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || expired(hard) || s.draining.Load() {
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || expired(hard) {
 		return false, err
 	}
-	*armedAt = time.Time{} // the connection's deadline is spent: re-arm on resume
+	*armedAt = time.Time{} // the connection's deadline is spent: re-arm
+	if s.stale(wc, hard) {
+		if wc == s.cwc {
+			return false, err // ending or draining: the pump's error path decides
+		}
+		return false, nil // the broker side waits again, under its new deadline
+	}
 	if s.srv.parker == nil {
 		return false, nil
 	}
 	if err := s.srv.parker.park(wc, slot, hard, resume); err != nil {
 		return false, err
 	}
+	if s.stale(wc, hard) {
+		// The session changed while this pump was registering: whoever
+		// changed it may have looked for a parked pump too early. Resume.
+		s.srv.parker.unpark(slot)
+	}
 	return true, nil
+}
+
+// stale reports whether a pump about to park (or just parked) must look
+// at the session again: the client side when the session ends or drains,
+// the broker side when its hard deadline moved.
+func (s *session) stale(wc *waitConn, hard time.Time) bool {
+	if wc == s.cwc {
+		return s.ended.Load() || s.draining.Load()
+	}
+	return !s.upstreamDeadline().Equal(hard)
 }
 
 // clientIdle reports that nothing from the client is pending in moat:
