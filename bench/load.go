@@ -1,115 +1,30 @@
 package main
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/internal/loadgen"
 )
-
-// client is a minimal MQTT client for load: raw packets, buffered writes.
-type client struct {
-	conn net.Conn
-	r    *codec.Reader
-	w    *bufio.Writer
-	v    codec.Version
-	buf  []byte
-}
-
-func dialClient(addr string, tc *tls.Config, id string, v codec.Version) (*client, error) {
-	d := &net.Dialer{Timeout: 10 * time.Second}
-	var (
-		conn net.Conn
-		err  error
-	)
-	if tc != nil {
-		conn, err = tls.DialWithDialer(d, "tcp", addr, tc)
-	} else {
-		conn, err = d.Dial("tcp", addr)
-	}
-	if err != nil {
-		return nil, err
-	}
-	c := &client{conn: conn, r: codec.NewReader(conn, 0), w: bufio.NewWriterSize(conn, 32<<10), v: v}
-	if err := c.send(&codec.Connect{Version: v, CleanStart: true, ClientID: id, KeepAlive: 300}, true); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	f, err := c.r.ReadPacket()
-	conn.SetReadDeadline(time.Time{})
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("CONNACK for %s: %w", id, err)
-	}
-	if f.Type != codec.CONNACK || f.Body[1] != 0 {
-		conn.Close()
-		return nil, fmt.Errorf("CONNECT %s refused: % x", id, f.Bytes)
-	}
-	return c, nil
-}
-
-func (c *client) send(p codec.Packet, flush bool) error {
-	var err error
-	if c.buf, err = p.Append(c.buf[:0], c.v); err != nil {
-		return err
-	}
-	if _, err := c.w.Write(c.buf); err != nil {
-		return err
-	}
-	if flush {
-		return c.w.Flush()
-	}
-	return nil
-}
-
-// expect reads until a packet of type t arrives.
-func (c *client) expect(t codec.PacketType, timeout time.Duration) (codec.Frame, error) {
-	c.conn.SetReadDeadline(time.Now().Add(timeout))
-	defer c.conn.SetReadDeadline(time.Time{})
-	for {
-		f, err := c.r.ReadPacket()
-		if err != nil {
-			return f, err
-		}
-		if f.Type == t {
-			return f, nil
-		}
-	}
-}
-
-func (c *client) subscribe(filter string) error {
-	if err := c.send(&codec.Subscribe{PacketID: 1, Subscriptions: []codec.Subscription{{Filter: filter}}}, true); err != nil {
-		return err
-	}
-	_, err := c.expect(codec.SUBACK, 10*time.Second)
-	return err
-}
-
-func (c *client) disconnect() {
-	c.send(&codec.Disconnect{}, true)
-	c.conn.Close()
-}
 
 // throughput is the closed-loop test: pubs publishers each send n messages
 // of size bytes; QoS 1 keeps up to window unacknowledged, QoS 0 ends with a
 // PINGREQ whose PINGRESP proves the broker has read everything before it.
 func throughput(p *path, v codec.Version, qos byte, size, pubs, n, window int) (sample, error) {
-	clients := make([]*client, pubs)
+	clients := make([]*loadgen.Client, pubs)
 	for i := range clients {
-		c, err := dialClient(p.addr, p.tls, fmt.Sprintf("tp-%d", i), v)
+		c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("tp-%d", i), v)
 		if err != nil {
 			return sample{}, err
 		}
-		defer c.disconnect()
+		defer c.Disconnect()
 		clients[i] = c
 	}
 	cpu0, bcpu0 := p.cpu(), p.brokerCPU()
@@ -118,9 +33,9 @@ func throughput(p *path, v codec.Version, qos byte, size, pubs, n, window int) (
 	errs := make(chan error, pubs)
 	for _, c := range clients {
 		wg.Add(1)
-		go func(c *client) {
+		go func(c *loadgen.Client) {
 			defer wg.Done()
-			if err := publishLoop(c, qos, size, n, window); err != nil {
+			if err := loadgen.PublishLoop(c, qos, size, n, window); err != nil {
 				errs <- err
 			}
 		}(c)
@@ -146,81 +61,25 @@ func perOp(d time.Duration, n int) float64 {
 	return float64(d.Microseconds()) / float64(n)
 }
 
-func publishLoop(c *client, qos byte, size, n, window int) error {
-	pub := &codec.Publish{QoS: qos, Topic: []byte("bench/plant1/zone3/temp"), Payload: make([]byte, size)}
-	if qos == 0 {
-		for i := 0; i < n; i++ {
-			if err := c.send(pub, false); err != nil {
-				return err
-			}
-		}
-		if err := c.send(&codec.Ping{PacketType: codec.PINGREQ}, true); err != nil {
-			return err
-		}
-		_, err := c.expect(codec.PINGRESP, 60*time.Second)
-		return err
-	}
-	slots := make(chan struct{}, window)
-	for i := 0; i < window; i++ {
-		slots <- struct{}{}
-	}
-	done := make(chan error, 1)
-	go func() {
-		for acked := 0; acked < n; {
-			f, err := c.expect(codec.PUBACK, 60*time.Second)
-			if err != nil {
-				done <- fmt.Errorf("after %d of %d acks: %w", acked, n, err)
-				return
-			}
-			_ = f
-			acked++
-			slots <- struct{}{}
-		}
-		done <- nil
-	}()
-	for i := 0; i < n; i++ {
-		select {
-		case <-slots:
-		default:
-			if err := c.w.Flush(); err != nil {
-				return err
-			}
-			select {
-			case <-slots:
-			case err := <-done:
-				return fmt.Errorf("acknowledgements stopped: %v", err)
-			}
-		}
-		pub.PacketID = uint16(i%65535 + 1)
-		if err := c.send(pub, false); err != nil {
-			return err
-		}
-	}
-	if err := c.w.Flush(); err != nil {
-		return err
-	}
-	return <-done
-}
-
 // latency is the open-loop test: one publisher sends QoS 0 messages on a
 // fixed schedule, one subscriber receives them through the same path;
 // latency runs from each message's scheduled time, so a stalled sender
 // cannot hide delay (no coordinated omission).
 func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResult, error) {
 	topic := fmt.Sprintf("lat/%s/%d", p.name, time.Now().UnixNano())
-	sub, err := dialClient(p.addr, p.tls, "lat-sub", v)
+	sub, err := loadgen.Dial(p.addr, p.tls, "lat-sub", v)
 	if err != nil {
 		return latencyResult{}, err
 	}
-	defer sub.disconnect()
-	if err := sub.subscribe(topic); err != nil {
+	defer sub.Disconnect()
+	if err := sub.Subscribe(topic); err != nil {
 		return latencyResult{}, err
 	}
-	pub, err := dialClient(p.addr, p.tls, "lat-pub", v)
+	pub, err := loadgen.Dial(p.addr, p.tls, "lat-pub", v)
 	if err != nil {
 		return latencyResult{}, err
 	}
-	defer pub.disconnect()
+	defer pub.Disconnect()
 
 	n := int(float64(rate) * dur.Seconds())
 	lat := make([]time.Duration, 0, n)
@@ -229,9 +88,9 @@ func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResu
 	go func() {
 		defer close(recvDone)
 		var pkt codec.Publish
-		sub.conn.SetReadDeadline(start.Add(dur + 5*time.Second))
+		sub.Conn.SetReadDeadline(start.Add(dur + 5*time.Second))
 		for len(lat) < n {
-			f, err := sub.r.ReadPacket()
+			f, err := sub.R.ReadPacket()
 			if err != nil {
 				return
 			}
@@ -250,7 +109,7 @@ func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResu
 			time.Sleep(d)
 		}
 		binary.BigEndian.PutUint64(msg.Payload, uint64(sched))
-		if err := pub.send(msg, true); err != nil {
+		if err := pub.Send(msg, true); err != nil {
 			return latencyResult{}, err
 		}
 	}
@@ -279,33 +138,33 @@ func fanout(p *path, v codec.Version, subs, n int) (sample, error) {
 	var (
 		wg       sync.WaitGroup
 		received atomic.Int64
-		clients  []*client
+		clients  []*loadgen.Client
 	)
 	for i := 0; i < subs; i++ {
-		c, err := dialClient(p.addr, p.tls, fmt.Sprintf("fan-%d", i), v)
+		c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("fan-%d", i), v)
 		if err != nil {
 			return sample{}, err
 		}
-		defer c.disconnect()
-		if err := c.subscribe(topic); err != nil {
+		defer c.Disconnect()
+		if err := c.Subscribe(topic); err != nil {
 			return sample{}, err
 		}
 		clients = append(clients, c)
 	}
-	pub, err := dialClient(p.addr, p.tls, "fan-pub", v)
+	pub, err := loadgen.Dial(p.addr, p.tls, "fan-pub", v)
 	if err != nil {
 		return sample{}, err
 	}
-	defer pub.disconnect()
+	defer pub.Disconnect()
 	cpu0 := p.cpu()
 	start := time.Now()
 	for _, c := range clients {
 		wg.Add(1)
-		go func(c *client) {
+		go func(c *loadgen.Client) {
 			defer wg.Done()
-			c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+			c.Conn.SetReadDeadline(time.Now().Add(60 * time.Second))
 			for got := 0; got < n; {
-				f, err := c.r.ReadPacket()
+				f, err := c.R.ReadPacket()
 				if err != nil {
 					return
 				}
@@ -318,11 +177,11 @@ func fanout(p *path, v codec.Version, subs, n int) (sample, error) {
 	}
 	msg := &codec.Publish{Topic: []byte(topic), Payload: make([]byte, 64)}
 	for i := 0; i < n; i++ {
-		if err := pub.send(msg, false); err != nil {
+		if err := pub.Send(msg, false); err != nil {
 			return sample{}, err
 		}
 	}
-	pub.w.Flush()
+	pub.W.Flush()
 	wg.Wait()
 	elapsed := time.Since(start)
 	if got := received.Load(); got != int64(subs*n) {
@@ -355,13 +214,13 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 		go func(w int) {
 			defer wg.Done()
 			for i := 0; time.Now().Before(deadline); i++ {
-				c, err := dialClient(p.addr, tc, fmt.Sprintf("storm-%d-%d", w, i), v)
+				c, err := loadgen.Dial(p.addr, tc, fmt.Sprintf("storm-%d-%d", w, i), v)
 				if err != nil {
 					failed.Add(1)
 					time.Sleep(10 * time.Millisecond)
 					continue
 				}
-				c.disconnect()
+				c.Disconnect()
 				count.Add(1)
 			}
 		}(w)
@@ -381,10 +240,10 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 
 // idle opens n connections through the path and holds them; it returns
 // them for the caller to measure and close.
-func idle(p *path, v codec.Version, n int) ([]*client, error) {
+func idle(p *path, v codec.Version, n int) ([]*loadgen.Client, error) {
 	var (
 		mu      sync.Mutex
-		clients = make([]*client, 0, n)
+		clients = make([]*loadgen.Client, 0, n)
 		next    atomic.Int64
 		firstEr error
 		wg      sync.WaitGroup
@@ -398,7 +257,7 @@ func idle(p *path, v codec.Version, n int) ([]*client, error) {
 				if i >= int64(n) {
 					return
 				}
-				c, err := dialClient(p.addr, p.tls, fmt.Sprintf("idle-%d", i), v)
+				c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("idle-%d", i), v)
 				mu.Lock()
 				if err != nil {
 					if firstEr == nil {
@@ -406,7 +265,7 @@ func idle(p *path, v codec.Version, n int) ([]*client, error) {
 					}
 				} else {
 					// Idle clients keep no buffers of their own either.
-					c.w = nil
+					c.W = nil
 					clients = append(clients, c)
 				}
 				mu.Unlock()

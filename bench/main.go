@@ -330,7 +330,7 @@ func idleMemory(s *setup, o options, v codec.Version, r *results) error {
 					fmt.Fprintf(os.Stderr, "idle %d %s-%s: %.1f KiB/conn\n", n, kind, transport, float64(after-before)/float64(n)/1024)
 				}
 				for _, c := range clients {
-					c.conn.Close()
+					c.Conn.Close()
 				}
 				p.stop()
 				if err != nil {

@@ -119,7 +119,7 @@ func goroutinesPerConn(s *setup, r *results) error {
 		// The harness's own clients start no goroutines once connected.
 		after := runtime.NumGoroutine()
 		for _, c := range clients {
-			c.conn.Close()
+			c.Conn.Close()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		srv.Shutdown(ctx)
