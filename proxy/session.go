@@ -146,6 +146,9 @@ func (s *session) startPump(r *codec.Reader, wc *waitConn, slot *atomic.Uint64, 
 	if idle && s.srv.parker != nil {
 		r.Release()
 		if ok, err := wc.TryFill(); !ok && err == nil && s.srv.parker.park(wc, slot, hard, resume) == nil {
+			if s.stale(wc, hard) {
+				s.srv.parker.unpark(slot) // the other pump ended or moved things meanwhile
+			}
 			return
 		}
 	}
