@@ -207,7 +207,7 @@ func startHAProxy(dir, certFile, keyFile, upstream, tlsAddr, plainAddr string) (
 		return nil, err
 	}
 	conf := fmt.Sprintf(`global
-    maxconn 9800
+    maxconn %d
 defaults
     mode tcp
     timeout connect 5s
@@ -221,7 +221,7 @@ frontend mqtt
     default_backend broker
 backend broker
     server mosquitto %s
-`, tlsAddr, pem, plainAddr, upstream)
+`, haproxyMaxConn(), tlsAddr, pem, plainAddr, upstream)
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -251,4 +251,14 @@ log: {level: warn, format: text}
 	}
 	p, err := startProcEnv("moat", bin, []string{"run", "--config", path}, tlsAddr, moatEnv)
 	return p, err
+}
+
+// haproxyMaxConn fits HAProxy's connection limit (two descriptors per
+// connection) under the open-file limit, which HAProxy refuses to exceed.
+func haproxyMaxConn() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Max > 1<<20 {
+		return 9800
+	}
+	return max(int(rl.Max)/2-100, 100)
 }
