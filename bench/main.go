@@ -296,6 +296,10 @@ func idleMemory(s *setup, o options, v codec.Version, r *results) error {
 		counts = []int{200}
 	}
 	for _, n := range counts {
+		if 2*n+200 > 2*haproxyMaxConn()+200 {
+			fmt.Fprintf(os.Stderr, "idle %d: skipped, the open-file limit is too low for it\n", n)
+			continue
+		}
 		for _, kind := range []string{"moat", "haproxy"} {
 			for _, useTLS := range []bool{true, false} {
 				ports := freePorts(2)
