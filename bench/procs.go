@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -9,37 +8,18 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 // proc is a server process the harness started: Mosquitto, HAProxy or moat.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *mqtttest.SyncBuffer
 	done chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() > 1<<20 {
-		return len(p), nil // keep the first MiB of a chatty process
-	}
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // moatEnv is extra environment for the moat process (-moat-env), e.g.
@@ -52,7 +32,7 @@ func startProc(name, bin string, args []string, addr string) (*proc, error) {
 }
 
 func startProcEnv(name, bin string, args []string, addr string, env []string) (*proc, error) {
-	p := &proc{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proc{name: name, out: &mqtttest.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	if len(env) > 0 {
 		p.cmd.Env = append(os.Environ(), env...)

@@ -142,8 +142,6 @@ func (p clientToBroker) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack)
 			return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.3.4-6", Msg: "PUBLISH from a client carries a Subscription Identifier"}
 		}
 		return nil
-	case codec.PUBACK, codec.PUBREC, codec.PUBREL, codec.PUBCOMP:
-		return codec.DecodeAck(ack, f, s.version)
 	case codec.CONNECT:
 		// [MQTT-3.1.0-2] a second CONNECT is a protocol error.
 		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.1.0-2", Msg: "second CONNECT on the connection"}
@@ -152,7 +150,19 @@ func (p clientToBroker) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack)
 		// and moat admits no CONNECT that has one.
 		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-4.12.0-7", Msg: "AUTH without enhanced authentication"}
 	}
-	_, err := codec.Decode(f, s.version)
+	return decode(f, s.version, pub, ack)
+}
+
+// decode validates a packet either pump relays. PUBLISH and the acks, the
+// bulk of the traffic, decode into reused structs without allocating.
+func decode(f codec.Frame, v codec.Version, pub *codec.Publish, ack *codec.Ack) error {
+	switch f.Type {
+	case codec.PUBLISH:
+		return codec.DecodePublish(pub, f, v)
+	case codec.PUBACK, codec.PUBREC, codec.PUBREL, codec.PUBCOMP:
+		return codec.DecodeAck(ack, f, v)
+	}
+	_, err := codec.Decode(f, v)
 	return err
 }
 
@@ -257,14 +267,7 @@ func (p brokerToClient) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack)
 	if !f.Type.FromServer() || f.Type == codec.CONNACK || f.Type == codec.AUTH {
 		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-2.1.2", Msg: f.Type.String() + " is not valid from the broker here"}
 	}
-	switch f.Type {
-	case codec.PUBLISH:
-		return codec.DecodePublish(pub, f, s.version)
-	case codec.PUBACK, codec.PUBREC, codec.PUBREL, codec.PUBCOMP:
-		return codec.DecodeAck(ack, f, s.version)
-	}
-	_, err := codec.Decode(f, s.version)
-	return err
+	return decode(f, s.version, pub, ack)
 }
 
 func (p brokerToClient) readError(err error) {

@@ -96,7 +96,6 @@ type session struct {
 	endOnce  sync.Once
 	kind     endKind
 	reason   string
-	code     codec.ReasonCode
 
 	mu     sync.Mutex // guards closed
 	closed bool
@@ -539,7 +538,7 @@ func (s *session) end(kind endKind, code codec.ReasonCode, reason string) {
 // be mistaken for the broker going away.
 func (s *session) endWith(kind endKind, code codec.ReasonCode, reason string, lastUp []byte) {
 	s.endOnce.Do(func() {
-		s.kind, s.code, s.reason = kind, code, reason
+		s.kind, s.reason = kind, reason
 		s.ended.Store(true) // after kind: readers of ended may read kind
 		switch kind {
 		case endClientDisconnect, endShutdown:

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -111,12 +110,10 @@ func (c *waitConn) fill() error {
 		return c.err
 	}
 	if c.n == 0 {
-		return errEOF
+		return io.EOF
 	}
 	return nil
 }
-
-var errEOF = errors.New("EOF")
 
 // TryFill reads what the socket has without waiting: true when bytes were
 // read (or are buffered), false with a nil error when there are none.
@@ -158,9 +155,6 @@ func (c *waitConn) Read(p []byte) (int, error) {
 	}
 	for c.w == c.r {
 		if err := c.fill(); err != nil {
-			if err == errEOF {
-				return 0, io.EOF
-			}
 			return 0, err
 		}
 	}
