@@ -1,0 +1,56 @@
+package policy
+
+import (
+	"strconv"
+	"testing"
+)
+
+// BenchmarkDecide measures the plant policy: a cache hit, an evaluation
+// (cache off), and a denied evaluation.
+func BenchmarkDecide(b *testing.B) {
+	s := certSubject("sensor-7")
+	topic := []byte("sensors/sensor-7/temp")
+	b.Run("hit", func(b *testing.B) {
+		e := plant(b, Options{})
+		r := Request{Action: Publish, Topic: View(topic), QoS: 1}
+		e.Decide(s, &r)
+		b.ReportAllocs()
+		for b.Loop() {
+			if !e.Decide(s, &r).Allow {
+				b.Fatal("denied")
+			}
+		}
+	})
+	b.Run("miss", func(b *testing.B) {
+		e := plant(b, Options{CacheSize: -1})
+		r := Request{Action: Publish, Topic: "sensors/sensor-7/temp", QoS: 1}
+		b.ReportAllocs()
+		for b.Loop() {
+			if !e.Decide(s, &r).Allow {
+				b.Fatal("denied")
+			}
+		}
+	})
+	b.Run("miss-new-topic", func(b *testing.B) {
+		e := plant(b, Options{})
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			i++
+			r := Request{Action: Publish, Topic: "sensors/sensor-7/t" + strconv.Itoa(i), QoS: 1}
+			if !e.Decide(s, &r).Allow {
+				b.Fatal("denied")
+			}
+		}
+	})
+	b.Run("deny", func(b *testing.B) {
+		e := plant(b, Options{CacheSize: -1})
+		r := Request{Action: Publish, Topic: "commands/valve1/close", QoS: 1}
+		b.ReportAllocs()
+		for b.Loop() {
+			if e.Decide(s, &r).Allow {
+				b.Fatal("allowed")
+			}
+		}
+	})
+}

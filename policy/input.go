@@ -1,0 +1,257 @@
+package policy
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"strings"
+	"unique"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// InputVersion is the "version" field of every input document. It changes
+// only when a field changes meaning or goes away.
+const InputVersion = 1
+
+// Action is what a decision is about.
+type Action uint8
+
+const (
+	Connect Action = iota + 1
+	Publish
+	Subscribe
+	Unsubscribe
+	Receive
+)
+
+var actionNames = [...]string{Connect: "connect", Publish: "publish", Subscribe: "subscribe", Unsubscribe: "unsubscribe", Receive: "receive"}
+
+func (a Action) String() string {
+	if int(a) < len(actionNames) && actionNames[a] != "" {
+		return actionNames[a]
+	}
+	return "unknown"
+}
+
+// ParseAction is the inverse of Action.String.
+func ParseAction(s string) (Action, bool) {
+	for a, n := range actionNames {
+		if n != "" && n == s {
+			return Action(a), true
+		}
+	}
+	return 0, false
+}
+
+// Client is what the policy knows of the connection. Every field comes from
+// a verified source: the socket, the TLS state, a checked password or a
+// verified token. ID is the client's own claim; policies bind it to one of
+// the verified fields rather than trust it.
+type Client struct {
+	ID              string
+	Username        string // empty unless a password or token vouched for it
+	ProtocolVersion int    // 3 (MQTT 3.1), 4 (3.1.1) or 5
+	CleanStart      bool
+	KeepAlive       uint16
+	Address         string
+	Port            int
+	Listener        string
+	Transport       string // tcp, tls, ws, wss
+	AuthMethod      string // anonymous, password, jwt, certificate
+	Claims          map[string]any
+	Cert            *Cert // the verified client certificate, if any
+}
+
+// Cert holds the facts of a verified client certificate.
+type Cert struct {
+	Subject           Name
+	Issuer            Name
+	DNSNames          []string
+	URISANs           []string
+	Serial            string
+	FingerprintSHA256 string
+}
+
+// Name is a certificate subject or issuer.
+type Name struct {
+	CommonName         string
+	Organization       []string
+	OrganizationalUnit []string
+	Country            []string
+	Province           []string
+	Locality           []string
+}
+
+// CertOf extracts the policy facts of a certificate.
+func CertOf(c *x509.Certificate) *Cert {
+	sum := sha256.Sum256(c.Raw)
+	out := &Cert{
+		Subject:           nameOf(c.Subject),
+		Issuer:            nameOf(c.Issuer),
+		DNSNames:          c.DNSNames,
+		Serial:            c.SerialNumber.Text(16),
+		FingerprintSHA256: hex.EncodeToString(sum[:]),
+	}
+	for _, u := range c.URIs {
+		out.URISANs = append(out.URISANs, u.String())
+	}
+	return out
+}
+
+func nameOf(n pkix.Name) Name {
+	return Name{CommonName: n.CommonName, Organization: n.Organization, OrganizationalUnit: n.OrganizationalUnit,
+		Country: n.Country, Province: n.Province, Locality: n.Locality}
+}
+
+// Request is one decision's subject matter. Its strings may alias buffers
+// the caller reuses once Decide returns: Decide copies what it keeps.
+type Request struct {
+	Action     Action
+	Topic      string // a topic name, or a filter for subscribe/unsubscribe; aliases resolved
+	Shared     bool   // a $share subscription: Topic is the inner filter
+	ShareGroup string
+	QoS        byte
+	Retain     bool
+	Will       bool
+	Props      *Props // MQTT 5 properties the policy may look at; nil if none
+}
+
+// Props are the MQTT 5 PUBLISH properties in the input.
+type Props struct {
+	ContentType   string
+	ResponseTopic string
+	User          [][2]string
+}
+
+// Subject is a connection as the policy sees it: the client document,
+// built once per connection and shared by all its decisions.
+type Subject struct {
+	ConnID uint64
+	Client Client
+	term   *ast.Term
+	key    unique.Handle[string] // canonical form, interned: the cache key's client part hashes as a pointer
+}
+
+// NewSubject prepares the client document of a connection.
+func NewSubject(connID uint64, c Client) *Subject {
+	doc := clientDoc(c)
+	b, _ := json.Marshal(doc) // maps marshal with sorted keys: canonical
+	v, err := ast.InterfaceToValue(doc)
+	if err != nil {
+		// Only JSON-shaped values are put in doc; a failure here is a bug,
+		// and an empty client document can only make rules deny.
+		v = ast.NewObject()
+	}
+	return &Subject{ConnID: connID, Client: c, term: ast.NewTerm(v), key: unique.Make(string(b))}
+}
+
+func clientDoc(c Client) map[string]any {
+	doc := map[string]any{
+		"id": c.ID, "username": c.Username, "protocol_version": c.ProtocolVersion,
+		"clean_start": c.CleanStart, "keep_alive": int(c.KeepAlive),
+		"address": c.Address, "port": c.Port, "listener": c.Listener,
+		"transport": c.Transport, "auth_method": c.AuthMethod,
+		"claims": map[string]any{},
+	}
+	if c.Claims != nil {
+		doc["claims"] = c.Claims
+	}
+	if c.Cert != nil {
+		doc["cert"] = map[string]any{
+			"subject": nameDoc(c.Cert.Subject), "issuer": nameDoc(c.Cert.Issuer),
+			"dns_names": strs(c.Cert.DNSNames), "uri_sans": strs(c.Cert.URISANs),
+			"serial": c.Cert.Serial, "fingerprint_sha256": c.Cert.FingerprintSHA256,
+		}
+	}
+	return doc
+}
+
+func nameDoc(n Name) map[string]any {
+	return map[string]any{
+		"common_name": n.CommonName, "organization": strs(n.Organization),
+		"organizational_unit": strs(n.OrganizationalUnit), "country": strs(n.Country),
+		"province": strs(n.Province), "locality": strs(n.Locality),
+	}
+}
+
+// strs keeps absent lists as [] so rules can iterate without a guard.
+func strs(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
+// Terms every input shares, built once: keys, actions, small numbers.
+var (
+	kVersion, kAction, kClient    = ast.StringTerm("version"), ast.StringTerm("action"), ast.StringTerm("client")
+	kTopic, kLevels, kGroup, kQoS = ast.StringTerm("topic"), ast.StringTerm("topic_levels"), ast.StringTerm("share_group"), ast.StringTerm("qos")
+	kRetain, kWill, kProps        = ast.StringTerm("retain"), ast.StringTerm("will"), ast.StringTerm("properties")
+	vVersion                      = ast.IntNumberTerm(InputVersion)
+	vQoS                          = [3]*ast.Term{ast.IntNumberTerm(0), ast.IntNumberTerm(1), ast.IntNumberTerm(2)}
+	vActions                      [len(actionNames)]*ast.Term
+)
+
+func init() {
+	for a, n := range actionNames {
+		vActions[a] = ast.StringTerm(n)
+	}
+}
+
+// input builds the input document of one decision.
+func (s *Subject) input(r *Request) ast.Value {
+	action := ast.StringTerm("unknown")
+	if int(r.Action) < len(vActions) && vActions[r.Action] != nil {
+		action = vActions[r.Action]
+	}
+	if r.Action == Connect {
+		return ast.NewObject([2]*ast.Term{kVersion, vVersion}, [2]*ast.Term{kAction, action}, [2]*ast.Term{kClient, s.term})
+	}
+	n := strings.Count(r.Topic, "/") + 1
+	lv := make([]*ast.Term, 0, n)
+	for l := range strings.SplitSeq(r.Topic, "/") {
+		lv = append(lv, ast.StringTerm(l))
+	}
+	group := ast.NullTerm()
+	if r.Shared {
+		group = ast.StringTerm(r.ShareGroup)
+	}
+	props := ast.NewObject()
+	if p := r.Props; p != nil {
+		user := make([]*ast.Term, len(p.User))
+		for i, kv := range p.User {
+			user[i] = ast.ArrayTerm(ast.StringTerm(kv[0]), ast.StringTerm(kv[1]))
+		}
+		props = ast.NewObject(
+			ast.Item(ast.StringTerm("content_type"), ast.StringTerm(p.ContentType)),
+			ast.Item(ast.StringTerm("response_topic"), ast.StringTerm(p.ResponseTopic)),
+			ast.Item(ast.StringTerm("user"), ast.ArrayTerm(user...)),
+		)
+	}
+	qos := vQoS[r.QoS&3%3]
+	return ast.NewObject(
+		[2]*ast.Term{kVersion, vVersion},
+		[2]*ast.Term{kAction, action},
+		[2]*ast.Term{kClient, s.term},
+		[2]*ast.Term{kTopic, ast.StringTerm(r.Topic)},
+		[2]*ast.Term{kLevels, ast.ArrayTerm(lv...)},
+		[2]*ast.Term{kGroup, group},
+		[2]*ast.Term{kQoS, qos},
+		[2]*ast.Term{kRetain, ast.BooleanTerm(r.Retain)},
+		[2]*ast.Term{kWill, ast.BooleanTerm(r.Will)},
+		[2]*ast.Term{kProps, ast.NewTerm(props)},
+	)
+}
+
+// propsKey is the cache key part for the properties: empty for none.
+func propsKey(p *Props) string {
+	if p == nil {
+		return ""
+	}
+	b, _ := json.Marshal([]any{p.ContentType, p.ResponseTopic, p.User})
+	return string(b)
+}
