@@ -103,9 +103,69 @@ type Limits struct {
 
 // Policy selects how decisions are made.
 type Policy struct {
-	// Mode is "allow_all": every well-formed packet is forwarded. It must be
-	// chosen explicitly; moat logs a warning while it runs this way.
+	// Mode is "enforce" (denials are enforced), "shadow" (every decision is
+	// evaluated, would-be denials are logged and counted, traffic flows) or
+	// "allow_all" (no policy: every well-formed packet is forwarded; for
+	// testing, and moat warns while it runs this way).
 	Mode string `yaml:"mode"`
+	// Paths are .rego files, JSON/YAML data files, or directories of them.
+	// Required for enforce and shadow. Files named *_test.rego are left out.
+	Paths []string `yaml:"paths"`
+	// Cache bounds the decision cache.
+	Cache PolicyCache `yaml:"cache"`
+	// EvalTimeout bounds one evaluation; one that takes longer is a denial.
+	// Default 100ms.
+	EvalTimeout time.Duration `yaml:"eval_timeout"`
+	// WatchInterval is how often the policy files are checked for changes
+	// (a changed policy is reloaded; a broken one is refused and the last
+	// good one stays). Default 2s; "off" disables. SIGHUP always reloads.
+	WatchInterval OptDuration `yaml:"watch_interval"`
+	// OnPublishDeny is what a denied PUBLISH from a client does: "ack"
+	// (default: QoS 0 dropped, QoS 1/2 acknowledged, in MQTT 5 with reason
+	// 0x87, and not forwarded) or "disconnect" (the connection is closed, in
+	// MQTT 5 with DISCONNECT 0x87).
+	OnPublishDeny string `yaml:"on_publish_deny"`
+	// DecisionLog is where the one-line-per-denial JSON log goes.
+	DecisionLog DecisionLog `yaml:"decision_log"`
+}
+
+// PolicyCache bounds the decision cache.
+type PolicyCache struct {
+	// Size is the number of decisions kept. Default 100000; -1 disables
+	// the cache.
+	Size int `yaml:"size"`
+	// TTL is how long a decision is reused. Default 1m.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// DecisionLog configures the decision log.
+type DecisionLog struct {
+	// File is the path the JSON lines are appended to; "stderr" (default)
+	// or "stdout" for those streams, "off" for none.
+	File string `yaml:"file"`
+	// Allows also logs permitted decisions (verbose; for audits and rollout).
+	Allows bool `yaml:"allows"`
+}
+
+// OptDuration is a duration that may also be "off" (zero, and Set).
+type OptDuration struct {
+	D   time.Duration
+	Set bool
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (o *OptDuration) UnmarshalYAML(n *yaml.Node) error {
+	o.Set = true
+	if n.Value == "off" {
+		o.D = 0
+		return nil
+	}
+	d, err := time.ParseDuration(n.Value)
+	if err != nil || d < 0 {
+		return fmt.Errorf("line %d: %q is not a duration; write one like 500ms or 2s, or off", n.Line, n.Value)
+	}
+	o.D = d
+	return nil
 }
 
 // Shutdown controls graceful shutdown.
@@ -136,7 +196,17 @@ const (
 
 // Policy modes.
 const (
+	ModeEnforce  = "enforce"
+	ModeShadow   = "shadow"
 	ModeAllowAll = "allow_all"
+)
+
+// Policy defaults.
+const (
+	DefaultPolicyWatch = 2 * time.Second
+	DefaultEvalTimeout = 100 * time.Millisecond
+	DefaultCacheSize   = 100_000
+	DefaultCacheTTL    = time.Minute
 )
 
 // Load reads, parses and validates the file at path.
@@ -170,7 +240,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
-	"config.Policy": "policy", "config.Shutdown": "shutdown", "config.Log": "log",
+	"config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -281,13 +351,7 @@ func (c *Config) Validate() error {
 		bad("policy", "missing. moat denies by default and will not start without a policy; "+
 			"to forward every well-formed packet (testing only) set `policy: {mode: allow_all}`")
 	} else {
-		switch c.Policy.Mode {
-		case ModeAllowAll:
-		case "":
-			bad("policy.mode", "required; the available mode is allow_all")
-		default:
-			bad("policy.mode", "%q is not a mode this version knows; the available mode is allow_all", c.Policy.Mode)
-		}
+		validatePolicy(c.Policy, bad)
 	}
 
 	c.Shutdown.DrainTimeout = positiveDuration(c.Shutdown.DrainTimeout, DefaultDrainTimeout, "shutdown.drain_timeout", bad)
@@ -307,6 +371,47 @@ func (c *Config) Validate() error {
 		bad("log.format", "%q is not a format; use json or text", c.Log.Format)
 	}
 	return errors.Join(errs...)
+}
+
+func validatePolicy(p *Policy, bad func(string, string, ...any)) {
+	switch p.Mode {
+	case ModeEnforce, ModeShadow:
+		if len(p.Paths) == 0 {
+			bad("policy.paths", "required for mode %s: the .rego files or directories, e.g. [policies/plant]", p.Mode)
+		}
+		for i, path := range p.Paths {
+			checkFile(fmt.Sprintf("policy.paths[%d]", i), path, bad)
+		}
+	case ModeAllowAll:
+		if len(p.Paths) > 0 {
+			bad("policy.paths", "set, but mode allow_all ignores them; use mode enforce or shadow")
+		}
+	case "":
+		bad("policy.mode", "required; use enforce, shadow (log would-be denials, deny nothing) or allow_all (testing only)")
+	default:
+		bad("policy.mode", "%q is not a mode; use enforce, shadow or allow_all", p.Mode)
+	}
+	switch {
+	case p.Cache.Size == 0:
+		p.Cache.Size = DefaultCacheSize
+	case p.Cache.Size < -1:
+		bad("policy.cache.size", "%d is negative; use a number of decisions, or -1 to disable the cache", p.Cache.Size)
+	}
+	p.Cache.TTL = positiveDuration(p.Cache.TTL, DefaultCacheTTL, "policy.cache.ttl", bad)
+	p.EvalTimeout = positiveDuration(p.EvalTimeout, DefaultEvalTimeout, "policy.eval_timeout", bad)
+	if !p.WatchInterval.Set {
+		p.WatchInterval = OptDuration{D: DefaultPolicyWatch, Set: true}
+	}
+	switch p.OnPublishDeny {
+	case "":
+		p.OnPublishDeny = "ack"
+	case "ack", "disconnect":
+	default:
+		bad("policy.on_publish_deny", "%q is not an action; use ack or disconnect", p.OnPublishDeny)
+	}
+	if p.DecisionLog.File == "" {
+		p.DecisionLog.File = "stderr"
+	}
 }
 
 func validateServerTLS(t *ServerTLS, f string, bad func(string, string, ...any)) {

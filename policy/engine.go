@@ -289,7 +289,7 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	rc := *r
 	rc.Topic, rc.ShareGroup = strings.Clone(r.Topic), strings.Clone(r.ShareGroup)
 	key.topic, key.group = rc.Topic, rc.ShareGroup
-	d, err := e.evaluate(rev, s, &rc)
+	d, err := e.evaluate(rev, s.input(&rc), rc.Action, rc.Topic)
 	if err == nil && rev.cache != nil {
 		rev.cache.Add(key, cached{allow: d.Allow, reason: d.Reason, expires: time.Now().Add(e.opts.CacheTTL).UnixNano()})
 	}
@@ -323,10 +323,28 @@ func (e *Engine) enforce(s *Subject, r *Request, rev *revision, d Decision, err 
 	return d
 }
 
-func (e *Engine) evaluate(rev *revision, s *Subject, r *Request) (Decision, error) {
+// EvalInput decides a whole input document given as JSON-shaped data, as
+// `moat policy eval --input` does; no cache, no log.
+func (e *Engine) EvalInput(doc any) (Decision, error) {
+	v, err := ast.InterfaceToValue(doc)
+	if err != nil {
+		return Decision{Denied: true}, err
+	}
+	var action Action
+	var topic string
+	if m, ok := doc.(map[string]any); ok {
+		a, _ := m["action"].(string)
+		action, _ = ParseAction(a)
+		topic, _ = m["topic"].(string)
+	}
+	d, err := e.evaluate(e.cur.Load(), v, action, topic)
+	d.Denied = !d.Allow
+	return d, err
+}
+
+func (e *Engine) evaluate(rev *revision, in ast.Value, action Action, topic string) (Decision, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.EvalTimeout)
 	defer cancel()
-	in := s.input(r)
 	allow, defined, err := evalBool(ctx, rev.allow, in)
 	if err != nil {
 		return Decision{Reason: "policy evaluation failed"}, err
@@ -334,7 +352,7 @@ func (e *Engine) evaluate(rev *revision, s *Subject, r *Request) (Decision, erro
 	if !defined {
 		allow = false
 	}
-	if allow && r.Action == Publish && strings.HasPrefix(r.Topic, "$") {
+	if allow && action == Publish && strings.HasPrefix(topic, "$") {
 		// Publishing into a '$' space (broker statistics, vendor control
 		// topics) needs a rule that names it: allow_dollar.
 		ok := false

@@ -106,18 +106,33 @@ func (p clientToBroker) handle() bool {
 	}
 	s.clientPacket()
 	sc := scratchPool.Get().(*scratch)
-	err = p.check(f, &sc.pub, &sc.ack)
-	scratchPool.Put(sc)
+	pk, err := p.check(f, &sc.pub, &sc.ack)
 	if err != nil {
+		scratchPool.Put(sc)
 		s.logger().Info("client protocol error", "client_id", s.info.id, "type", f.Type.String(), "error", err)
 		s.end(endClientError, codec.ReasonOf(err), err.Error())
 		return false
 	}
 	if f.Type == codec.DISCONNECT {
+		scratchPool.Put(sc)
 		s.endWith(endClientDisconnect, codec.Success, "client disconnected", f.Bytes)
 		return false
 	}
-	if err := s.uw.write(f.Bytes, s.cr.Buffered() == 0); err != nil {
+	out := f.Bytes
+	if s.az != nil {
+		var ok bool
+		out, ok = p.authorize(f, pk)
+		if !ok || out == nil {
+			scratchPool.Put(sc)
+			if ok && s.cr.Buffered() == 0 {
+				// Consumed here: what earlier packets queued must not wait.
+				s.uw.flush()
+			}
+			return ok
+		}
+	}
+	scratchPool.Put(sc)
+	if err := s.uw.write(out, s.cr.Buffered() == 0); err != nil {
 		s.end(endUpstreamGone, codec.UnspecifiedError, "writing to the broker failed: "+err.Error())
 		return false
 	}
@@ -126,44 +141,43 @@ func (p clientToBroker) handle() bool {
 
 // check validates one client packet. PUBLISH and the acks, the bulk of the
 // traffic, decode into reused structs without allocating.
-func (p clientToBroker) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) error {
+func (p clientToBroker) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) (codec.Packet, error) {
 	s := p.s
 	if !f.Type.FromClient() {
 		// Server-only packets (CONNACK, SUBACK, ...) from a client.
-		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-2.1.2", Msg: f.Type.String() + " may only be sent by a server"}
+		return nil, &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-2.1.2", Msg: f.Type.String() + " may only be sent by a server"}
 	}
 	switch f.Type {
 	case codec.PUBLISH:
 		if err := codec.DecodePublish(pub, f, s.version); err != nil {
-			return err
+			return nil, err
 		}
 		if pub.Properties.Has(codec.PropSubscriptionID) {
 			// [MQTT-3.3.4-6] a client PUBLISH has no Subscription Identifier.
-			return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.3.4-6", Msg: "PUBLISH from a client carries a Subscription Identifier"}
+			return nil, &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.3.4-6", Msg: "PUBLISH from a client carries a Subscription Identifier"}
 		}
-		return nil
+		return pub, nil
 	case codec.CONNECT:
 		// [MQTT-3.1.0-2] a second CONNECT is a protocol error.
-		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.1.0-2", Msg: "second CONNECT on the connection"}
+		return nil, &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-3.1.0-2", Msg: "second CONNECT on the connection"}
 	case codec.AUTH:
 		// [MQTT-4.12.0-7] no AUTH without an Authentication Method in CONNECT,
 		// and moat admits no CONNECT that has one.
-		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-4.12.0-7", Msg: "AUTH without enhanced authentication"}
+		return nil, &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-4.12.0-7", Msg: "AUTH without enhanced authentication"}
 	}
 	return decode(f, s.version, pub, ack)
 }
 
 // decode validates a packet either pump relays. PUBLISH and the acks, the
 // bulk of the traffic, decode into reused structs without allocating.
-func decode(f codec.Frame, v codec.Version, pub *codec.Publish, ack *codec.Ack) error {
+func decode(f codec.Frame, v codec.Version, pub *codec.Publish, ack *codec.Ack) (codec.Packet, error) {
 	switch f.Type {
 	case codec.PUBLISH:
-		return codec.DecodePublish(pub, f, v)
+		return pub, codec.DecodePublish(pub, f, v)
 	case codec.PUBACK, codec.PUBREC, codec.PUBREL, codec.PUBCOMP:
-		return codec.DecodeAck(ack, f, v)
+		return ack, codec.DecodeAck(ack, f, v)
 	}
-	_, err := codec.Decode(f, v)
-	return err
+	return codec.Decode(f, v)
 }
 
 // readError ends the session after a failed client read.
@@ -243,29 +257,43 @@ func (p brokerToClient) handle() bool {
 		return false
 	}
 	sc := scratchPool.Get().(*scratch)
-	err = p.check(f, &sc.pub, &sc.ack)
-	scratchPool.Put(sc)
+	pk, err := p.check(f, &sc.pub, &sc.ack)
 	if err != nil {
+		scratchPool.Put(sc)
 		s.logger().Warn("broker protocol error", "client_id", s.info.id, "type", f.Type.String(), "error", err)
 		s.end(endUpstreamError, codec.ReasonOf(err), "upstream broker sent an invalid packet")
 		return false
 	}
 	if f.Type == codec.DISCONNECT {
+		scratchPool.Put(sc)
 		s.cw.write(f.Bytes, true)
 		s.end(endUpstreamDisconnect, codec.Success, "broker sent DISCONNECT")
 		return false
 	}
-	if err := s.cw.write(f.Bytes, s.ur.Buffered() == 0); err != nil {
+	out := f.Bytes
+	if s.az != nil {
+		var ok bool
+		out, ok = p.authorize(f, pk)
+		if !ok || out == nil {
+			scratchPool.Put(sc)
+			if ok && s.ur.Buffered() == 0 {
+				s.cw.flush()
+			}
+			return ok
+		}
+	}
+	scratchPool.Put(sc)
+	if err := s.cw.write(out, s.ur.Buffered() == 0); err != nil {
 		s.end(endClientGone, codec.Success, "writing to the client failed: "+err.Error())
 		return false
 	}
 	return true
 }
 
-func (p brokerToClient) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) error {
+func (p brokerToClient) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) (codec.Packet, error) {
 	s := p.s
 	if !f.Type.FromServer() || f.Type == codec.CONNACK || f.Type == codec.AUTH {
-		return &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-2.1.2", Msg: f.Type.String() + " is not valid from the broker here"}
+		return nil, &codec.Error{Code: codec.ProtocolError, Clause: "MQTT-2.1.2", Msg: f.Type.String() + " is not valid from the broker here"}
 	}
 	return decode(f, s.version, pub, ack)
 }

@@ -8,13 +8,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/policy"
 )
 
 // Server accepts clients on its listeners and proxies each to the upstream.
@@ -25,6 +28,13 @@ type Server struct {
 
 	listeners []*listener
 	parker    *parker // nil: idle pumps keep their goroutines
+
+	policy    *policy.Engine // nil in allow_all mode
+	decisions io.Closer      // the decision log file, if one was opened
+	stdout    io.Writer // where decision_log.file "stdout" and "stderr" go
+	stderr    io.Writer
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -42,11 +52,14 @@ type listener struct {
 
 // New checks what cannot be checked by config validation alone (that the
 // certificates load) and returns a Server that is not yet listening.
-func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
+func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, sessions: map[*session]struct{}{}}
+	s := &Server{cfg: cfg, log: log, sessions: map[*session]struct{}{}, stdout: os.Stdout, stderr: os.Stderr}
+	for _, o := range opts {
+		o(s)
+	}
 	for _, lc := range cfg.Listeners {
 		l := &listener{cfg: lc}
 		if lc.Transport == "tls" {
@@ -65,11 +78,69 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		}
 		s.upstream = tc
 	}
-	if cfg.Policy != nil && cfg.Policy.Mode == config.ModeAllowAll {
-		log.Warn("running without policies: policy.mode is allow_all, every well-formed packet is forwarded")
+	if err := s.loadPolicy(); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
+
+// Option adjusts a Server.
+type Option func(*Server)
+
+// WithOutput sets the streams a decision log of "stdout" or "stderr" goes
+// to (default: the process's own).
+func WithOutput(stdout, stderr io.Writer) Option {
+	return func(s *Server) { s.stdout, s.stderr = stdout, stderr }
+}
+
+// loadPolicy compiles the configured policy; there is no server without
+// one that compiles, unless allow_all was chosen explicitly.
+func (s *Server) loadPolicy() error {
+	pc := s.cfg.Policy
+	if pc == nil {
+		return errors.New("no policy configured: moat denies by default")
+	}
+	if pc.Mode == config.ModeAllowAll {
+		s.log.Warn("running without policies: policy.mode is allow_all, every well-formed packet is forwarded")
+		return nil
+	}
+	opts := policy.Options{Paths: pc.Paths, CacheSize: pc.Cache.Size, CacheTTL: pc.Cache.TTL,
+		EvalTimeout: pc.EvalTimeout, Log: s.log}
+	if pc.Mode == config.ModeShadow {
+		opts.Mode = policy.Shadow
+		s.log.Warn("policy in shadow mode: would-be denials are logged, nothing is denied")
+	}
+	var w io.Writer
+	switch pc.DecisionLog.File {
+	case "off":
+	case "stderr", "":
+		w = s.stderr
+	case "stdout":
+		w = s.stdout
+	default:
+		f, err := os.OpenFile(pc.DecisionLog.File, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return fmt.Errorf("policy.decision_log.file: %w", err)
+		}
+		w, s.decisions = f, f
+	}
+	if w != nil {
+		opts.Decisions = policy.NewDecisionLog(w, pc.DecisionLog.Allows)
+	}
+	eng, err := policy.New(opts)
+	if err != nil {
+		if s.decisions != nil {
+			s.decisions.Close()
+		}
+		return err
+	}
+	s.policy = eng
+	s.log.Info("policy loaded", "revision", eng.Revision(), "mode", pc.Mode, "paths", pc.Paths)
+	return nil
+}
+
+// Policy returns the policy engine, nil in allow_all mode.
+func (s *Server) Policy() *policy.Engine { return s.policy }
 
 // Start binds every listener and starts accepting. If one cannot bind, the
 // others are closed and the error names the listener.
@@ -93,6 +164,14 @@ func (s *Server) Start() error {
 			return fmt.Errorf("listener %q: %w", l.cfg.Name, err)
 		}
 		l.ln = ln
+	}
+	if s.policy != nil && s.cfg.Policy.WatchInterval.D > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopWatch, s.watchDone = cancel, make(chan struct{})
+		go func() {
+			defer close(s.watchDone)
+			s.policy.Watch(ctx, s.cfg.Policy.WatchInterval.D)
+		}()
 	}
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.cfg.Name, "address", l.ln.Addr().String(), "transport", l.cfg.Transport)
@@ -191,6 +270,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer func() {
 		if s.parker != nil {
 			s.parker.close()
+		}
+		if s.stopWatch != nil {
+			s.stopWatch()
+			<-s.watchDone
+		}
+		if s.decisions != nil {
+			s.decisions.Close()
 		}
 	}()
 	select {

@@ -89,6 +89,8 @@ type session struct {
 	// clientMaxPacket is the client's own Maximum Packet Size (MQTT 5), for
 	// packets moat writes to it; 0 means no limit beyond the protocol's.
 	clientMaxPacket int
+	// az is the policy state; nil in allow_all mode.
+	az *authz
 
 	pumps    atomic.Int32 // pumps still running
 	draining atomic.Bool
@@ -231,6 +233,9 @@ func (s *session) establish() error {
 		return errors.New("enhanced authentication is not supported")
 	}
 	s.version = c.Version
+	if s.srv.policy != nil && !s.authorizeConnect(c) {
+		return errors.New("connection not authorized")
+	}
 	s.lastRead = time.Now()
 	s.info = clientInfo{id: c.ClientID, username: c.Username, keepAlive: c.KeepAlive, cleanStart: c.CleanStart}
 	s.setKeepAlive(c.KeepAlive)
@@ -256,14 +261,22 @@ func (s *session) establish() error {
 	s.uw = newPeerWriter(up, lim.WriteTimeout)
 
 	connectBytes := f.Bytes
-	if c.Version == codec.V5 && (!c.Properties.Has(codec.PropMaximumPacketSize) ||
-		int(c.Properties.MaximumPacketSize) > int(lim.MaxPacketSize)) {
-		// Ask the broker not to send this client more than moat accepts,
-		// so an oversized message is dropped by the broker rather than
-		// cutting the session here.
+	sizeCap := !c.Properties.Has(codec.PropMaximumPacketSize) || int(c.Properties.MaximumPacketSize) > int(lim.MaxPacketSize)
+	noAlias := s.az != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0
+	if c.Version == codec.V5 && (sizeCap || noAlias) {
 		fwd := *c
-		fwd.Properties.Set(codec.PropMaximumPacketSize)
-		fwd.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
+		if sizeCap {
+			// Ask the broker not to send this client more than moat
+			// accepts, so an oversized message is dropped by the broker
+			// rather than cutting the session here.
+			fwd.Properties.Set(codec.PropMaximumPacketSize)
+			fwd.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
+		}
+		if noAlias {
+			// Deliveries must name their topic: a delivery moat drops
+			// could otherwise set an alias the client never learns.
+			fwd.Properties.Clear(codec.PropTopicAliasMaximum)
+		}
 		if connectBytes, err = fwd.Append(nil, c.Version); err != nil {
 			return fmt.Errorf("re-encoding CONNECT: %w", err)
 		}
@@ -296,6 +309,9 @@ func (s *session) establish() error {
 	if c.Version == codec.V5 {
 		if ack.Properties.Has(codec.PropServerKeepAlive) {
 			s.setKeepAlive(ack.Properties.ServerKeepAlive)
+		}
+		if s.az != nil && ack.Properties.Has(codec.PropTopicAliasMaximum) {
+			s.az.aliasMax = ack.Properties.TopicAliasMaximum
 		}
 		// Tell the client the largest packet moat accepts [MQTT-3.2.2-15].
 		if !ack.Properties.Has(codec.PropMaximumPacketSize) || int(ack.Properties.MaximumPacketSize) > int(lim.MaxPacketSize) {
@@ -739,6 +755,13 @@ func (w *peerWriter) writeLocked(b []byte, flush bool) error {
 		return w.flushLocked()
 	}
 	return nil
+}
+
+// flush writes whatever is pending.
+func (w *peerWriter) flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.flushLocked()
 }
 
 func (w *peerWriter) flushLocked() error {

@@ -2,6 +2,8 @@
 //
 //	moat run [--config FILE]        run the proxy (no --config: quick start)
 //	moat check-config --config FILE validate a configuration file
+//	moat policy test PATH...        run the Rego unit tests of a policy
+//	moat policy eval --policy PATH  decide one request, as the proxy would
 //	moat certs [--dir DIR] [--client NAME ...]
 //	                                write a development PKI
 //	moat version                    print the version
@@ -34,6 +36,9 @@ Usage:
   moat run [--config FILE]         run the proxy; without --config, a quick start with
                                    an embedded broker and dev certificates on loopback
   moat check-config --config FILE  validate a configuration file and exit
+  moat policy test [-v] PATH...    run a policy's Rego unit tests (with moat's built-ins)
+  moat policy eval --policy PATH [--action A --topic T --cn CN ...] [--input FILE]
+                                   print the decision and reason for one request
   moat certs [--dir DIR] [--client NAME]...
                                    write a dev CA, server and client certificates
   moat version                     print the version
@@ -59,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 		err = cmdCheckConfig(args[1:], stdout, stderr)
 	case "certs":
 		err = cmdCerts(args[1:], stdout, stderr)
+	case "policy":
+		err = cmdPolicy(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "moat", versionString())
 		return 0
@@ -72,6 +79,10 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
+		}
+		var code exitError
+		if errors.As(err, &code) {
+			return int(code)
 		}
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return 1
@@ -165,7 +176,7 @@ func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) e
 		return fmt.Errorf("configuration is invalid:\n%s", indent(err.Error()))
 	}
 	log := newLogger(cfg.Log, stderr)
-	srv, err := proxy.New(cfg, log)
+	srv, err := proxy.New(cfg, log, proxy.WithOutput(stdout, stderr))
 	if err != nil {
 		return err
 	}
@@ -174,7 +185,12 @@ func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) e
 	}
 	for sig := range signals {
 		if sig == syscall.SIGHUP {
-			log.Warn("SIGHUP received: this version does not reload its configuration; restart moat to apply changes")
+			if eng := srv.Policy(); eng != nil {
+				// Reload logs the outcome; a refused policy leaves the
+				// last good one in force.
+				eng.Reload()
+			}
+			log.Info("SIGHUP: the policy is reloaded; other configuration changes need a restart")
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String(), "drain_timeout", cfg.Shutdown.DrainTimeout.String())

@@ -129,6 +129,14 @@ func TestQuickStart(t *testing.T) {
 			if err != nil || strings.TrimSpace(subOut.String()) != "hello through moat" {
 				t.Fatalf("mosquitto_sub: %v %q", err, subOut.String())
 			}
+			// The quick start policy denies everything outside demo/.
+			deny := exec.CommandContext(ctx, "mosquitto_sub", "-h", host, "-p", port, "--cafile", ca, "-t", "#", "-W", "5")
+			if b, err := deny.CombinedOutput(); !strings.Contains(string(b), "denied") {
+				t.Fatalf("subscribe to # through the quick start: %v %s", err, b)
+			}
+			if !strings.Contains(errs.String(), `"decision":"deny"`) {
+				t.Fatalf("no denial in the decision log:\n%s", errs.String())
+			}
 			sigs <- syscall.SIGTERM
 			if code := <-done; code != 0 {
 				t.Fatalf("moat exited %d: %s", code, errs.String())

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/internal/devpki"
+	"github.com/moat-mqtt/moat/policies"
 )
 
 // Quick start addresses: loopback only, so nothing is exposed by accident.
@@ -21,7 +24,36 @@ var (
 	quickTLS   = "127.0.0.1:8883"
 	quickPlain = "127.0.0.1:1883"
 	quickCerts = "certs"
+	quickPol   = "quickstart-policy"
 )
+
+// writeQuickPolicy writes the embedded quick start policy to dir unless a
+// policy is already there (the user may have edited it).
+func writeQuickPolicy(dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	entries, err := fs.ReadDir(policies.Quickstart, "quickstart")
+	if err != nil {
+		return nil, err
+	}
+	var wrote []string
+	for _, e := range entries {
+		dst := filepath.Join(dir, e.Name())
+		if _, err := os.Stat(dst); err == nil {
+			continue
+		}
+		data, err := fs.ReadFile(policies.Quickstart, "quickstart/"+e.Name())
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(dst, data, 0o644); err != nil {
+			return nil, err
+		}
+		wrote = append(wrote, dst)
+	}
+	return wrote, nil
+}
 
 // quickStart writes dev certificates if missing, starts an embedded broker
 // on a free loopback port and returns a configuration that fronts it.
@@ -30,7 +62,11 @@ func quickStart(stdout io.Writer) (*config.Config, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("writing dev certificates to %s/: %w", quickCerts, err)
 	}
-	for _, f := range wrote {
+	pw, err := writeQuickPolicy(quickPol)
+	if err != nil {
+		return nil, nil, fmt.Errorf("writing the quick start policy to %s/: %w", quickPol, err)
+	}
+	for _, f := range append(wrote, pw...) {
 		fmt.Fprintln(stdout, "wrote", f)
 	}
 
@@ -63,7 +99,7 @@ func quickStart(stdout io.Writer) (*config.Config, func(), error) {
 			{Name: "mqtt", Address: quickPlain, Transport: "tcp"},
 		},
 		Upstream: config.Upstream{Address: brokerAddr},
-		Policy:   &config.Policy{Mode: config.ModeAllowAll},
+		Policy:   &config.Policy{Mode: config.ModeEnforce, Paths: []string{quickPol}},
 		Log:      config.Log{Format: "text"},
 	}
 	if err := cfg.Validate(); err != nil {
@@ -72,16 +108,19 @@ func quickStart(stdout io.Writer) (*config.Config, func(), error) {
 	}
 	ca := filepath.Join(quickCerts, devpki.CACert)
 	fmt.Fprintf(stdout, `
-moat quick start: an embedded broker on %s behind moat, policy mode allow_all.
+moat quick start: an embedded broker on %s behind moat.
   TLS:   %s   plain: %s
+  policy: %s/ (loopback clients, topics under demo/ only; edit it and moat reloads it)
 
 Try it (Debian package mosquitto-clients):
   mosquitto_sub -h 127.0.0.1 -p 8883 --cafile %s -t 'demo/#' -v &
   mosquitto_pub -h 127.0.0.1 -p 8883 --cafile %s -t demo/hello -m 'hello through moat'
+And see a denial in the decision log:
+  mosquitto_sub -h 127.0.0.1 -p 8883 --cafile %s -t '#'
 
 Stop with Ctrl-C. For a real broker, write a config (see moat.example.yaml) and run
   moat run --config moat.yaml
 
-`, brokerAddr, quickTLS, quickPlain, ca, ca)
+`, brokerAddr, quickTLS, quickPlain, quickPol, ca, ca, ca)
 	return cfg, func() { broker.Close() }, nil
 }

@@ -1,0 +1,458 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"net"
+	"strconv"
+	"sync"
+
+	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/policy"
+)
+
+// authz is the per-session policy state. Each pump owns the fields named
+// for its direction; pending is shared and locked.
+type authz struct {
+	subj *policy.Subject
+
+	// Client -> broker (client pump only).
+	aliasMax  uint16                // the broker's Topic Alias Maximum for this client
+	aliases   map[uint16]aliasEntry // the client's topic aliases, as the client sees them
+	deniedRel map[uint16]struct{}   // QoS 2 publishes denied here: moat answers their PUBREL
+
+	// Broker -> client (broker pump only).
+	droppedRel map[uint16]struct{} // QoS 2 deliveries dropped here: moat answers the broker's PUBREL
+
+	// SUBSCRIBE / UNSUBSCRIBE with denied filters, waiting for the
+	// broker's answer to merge the denials into.
+	mu      sync.Mutex
+	pending map[uint16]*merge
+
+	problemInfo bool // the client accepts reason strings on acks [MQTT-3.1.2-29]
+}
+
+type aliasEntry struct {
+	topic string
+	// synced is false when the broker's idea of the alias differs: the
+	// packet that set it here was denied and never forwarded.
+	synced bool
+}
+
+// merge remembers which filters of a SUBSCRIBE or UNSUBSCRIBE moat denied.
+type merge struct {
+	ack    codec.PacketType // SUBACK or UNSUBACK
+	denied []bool
+}
+
+// newSubject describes the client to the policy from verified facts only:
+// the socket, the listener and a verified client certificate. The CONNECT
+// username is not an identity until a password or token vouches for it.
+func (s *session) newSubject(c *codec.Connect) *policy.Subject {
+	cl := policy.Client{
+		ID: c.ClientID, ProtocolVersion: int(c.Version), CleanStart: c.CleanStart, KeepAlive: c.KeepAlive,
+		Listener: s.lst.cfg.Name, Transport: s.lst.cfg.Transport, AuthMethod: "anonymous",
+	}
+	if host, port, err := net.SplitHostPort(s.client.RemoteAddr().String()); err == nil {
+		cl.Address = host
+		cl.Port, _ = strconv.Atoi(port)
+	}
+	if tc, ok := s.client.(*tls.Conn); ok {
+		if st := tc.ConnectionState(); len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
+			cl.Cert = policy.CertOf(st.VerifiedChains[0][0])
+			cl.AuthMethod = "certificate"
+		}
+	}
+	return policy.NewSubject(s.id, cl)
+}
+
+// authorizeConnect asks about the connection and its will. It answers a
+// refusal itself and reports whether the client may go on.
+func (s *session) authorizeConnect(c *codec.Connect) bool {
+	eng := s.srv.policy
+	s.az = &authz{subj: s.newSubject(c), problemInfo: true}
+	if c.Version == codec.V5 && c.Properties.Has(codec.PropRequestProblemInfo) {
+		s.az.problemInfo = c.Properties.RequestProblemInfo != 0
+	}
+	d := eng.Decide(s.az.subj, &policy.Request{Action: policy.Connect})
+	if d.Allow && c.Will != nil {
+		// The will is a publish the client makes now, checked now rather
+		// than when it fires.
+		d = eng.Decide(s.az.subj, &policy.Request{Action: policy.Publish, Topic: c.Will.Topic,
+			QoS: c.Will.QoS, Retain: c.Will.Retain, Will: true, Props: propsOf(&c.Will.Properties, c.Version)})
+	}
+	if d.Allow {
+		return true
+	}
+	s.logger().Info("connection not authorized", "client_id", c.ClientID, "reason", d.Reason)
+	ack := &codec.Connack{ReasonCode: codec.ConnRefusedNotAuthorized311}
+	v := codec.V311
+	if c.Version == codec.V5 {
+		v = codec.V5
+		ack.ReasonCode = byte(codec.NotAuthorized)
+		setReason(&ack.Properties, d.Reason)
+	}
+	if b, err := ack.Append(nil, v); err == nil {
+		s.cw.write(b, true)
+		s.lingerClient()
+	}
+	return false
+}
+
+// propsOf is the part of MQTT 5 properties the policy input carries.
+func propsOf(p *codec.Properties, v codec.Version) *policy.Props {
+	if v != codec.V5 || !(p.Has(codec.PropContentType) || p.Has(codec.PropResponseTopic) || p.Has(codec.PropUser)) {
+		return nil
+	}
+	out := &policy.Props{ContentType: string(p.ContentType), ResponseTopic: string(p.ResponseTopic)}
+	for _, u := range p.User {
+		out.User = append(out.User, [2]string{string(u.Key), string(u.Value)})
+	}
+	return out
+}
+
+func setReason(p *codec.Properties, reason string) {
+	if reason == "" {
+		return
+	}
+	if len(reason) > 256 {
+		reason = reason[:256]
+	}
+	if !codec.ValidUTF8([]byte(reason)) {
+		return
+	}
+	p.Set(codec.PropReasonString)
+	p.ReasonString = []byte(reason)
+}
+
+// ackReason puts the policy's reason on an ack if the client asked for
+// problem information.
+func (s *session) ackReason(p *codec.Properties, reason string) {
+	if s.az.problemInfo {
+		setReason(p, reason)
+	}
+}
+
+// clientVersionAck is the version acks to the client are encoded for.
+func (s *session) ackVersion() codec.Version {
+	if s.version == codec.V5 {
+		return codec.V5
+	}
+	return codec.V311
+}
+
+// reply writes a packet moat answers itself, to the client or to the
+// broker, flushing when the side it answers has nothing more buffered.
+func (s *session) reply(toClient bool, p codec.Packet) bool {
+	w, r, kind, code, who := s.uw, s.ur, endUpstreamGone, codec.UnspecifiedError, "broker"
+	if toClient {
+		w, r, kind, code, who = s.cw, s.cr, endClientGone, codec.Success, "client"
+	}
+	b, err := p.Append(nil, s.ackVersion())
+	if err != nil {
+		s.logger().Error("encoding a reply failed", "type", p.Type().String(), "error", err)
+		return true
+	}
+	if err := w.write(b, r.Buffered() == 0); err != nil {
+		s.end(kind, code, "writing to the "+who+" failed: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func (s *session) replyClient(p codec.Packet) bool { return s.reply(true, p) }
+func (s *session) replyBroker(p codec.Packet) bool { return s.reply(false, p) }
+
+// authorize decides a client packet. It returns the bytes to forward (the
+// original, a rewrite, or nil when moat answered it itself) and false when
+// the session has ended.
+func (p clientToBroker) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool) {
+	switch pk := pk.(type) {
+	case *codec.Publish:
+		return p.publish(f, pk)
+	case *codec.Subscribe:
+		return p.subscribe(f, pk)
+	case *codec.Unsubscribe:
+		return p.unsubscribe(f, pk)
+	case *codec.Ack:
+		if az := p.s.az; pk.PacketType == codec.PUBREL && az.deniedRel != nil {
+			if _, ok := az.deniedRel[pk.PacketID]; ok {
+				// The second half of a QoS 2 flow moat completed itself.
+				delete(az.deniedRel, pk.PacketID)
+				return nil, p.s.replyClient(&codec.Ack{PacketType: codec.PUBCOMP, PacketID: pk.PacketID})
+			}
+		}
+	}
+	return f.Bytes, true
+}
+
+func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool) {
+	s, az := p.s, p.s.az
+	topic := policy.View(pub.Topic)
+	var alias uint16
+	if s.version == codec.V5 && pub.Properties.Has(codec.PropTopicAlias) {
+		alias = pub.Properties.TopicAlias
+		if alias == 0 || alias > az.aliasMax {
+			// [MQTT-3.3.2-8] [MQTT-3.3.2-9]
+			s.end(endClientError, codec.TopicAliasInvalid, "topic alias "+strconv.Itoa(int(alias))+" is outside 1.."+strconv.Itoa(int(az.aliasMax)))
+			return nil, false
+		}
+		if topic == "" {
+			e, ok := az.aliases[alias]
+			if !ok {
+				// [MQTT-3.3.4] an alias must be set before it is used alone.
+				s.end(endClientError, codec.ProtocolError, "topic alias "+strconv.Itoa(int(alias))+" used before it was set")
+				return nil, false
+			}
+			topic = e.topic
+		}
+	}
+	d := s.srv.policy.Decide(az.subj, &policy.Request{Action: policy.Publish, Topic: topic, QoS: pub.QoS,
+		Retain: pub.Retain, Props: propsOf(&pub.Properties, s.version)})
+	if alias != 0 && len(pub.Topic) > 0 {
+		if az.aliases == nil {
+			az.aliases = make(map[uint16]aliasEntry)
+		}
+		// The client now means this topic by the alias; the broker does
+		// too only if the packet is forwarded.
+		az.aliases[alias] = aliasEntry{topic: string(pub.Topic), synced: d.Allow}
+	}
+	if d.Allow {
+		if alias != 0 && len(pub.Topic) == 0 && !az.aliases[alias].synced {
+			// The broker's alias still names an older topic: say the
+			// topic in full, which also re-points the broker's alias.
+			e := az.aliases[alias]
+			fwd := *pub
+			fwd.Topic = []byte(e.topic)
+			b, err := fwd.Append(nil, codec.V5)
+			if err != nil {
+				s.end(endClientError, codec.ReasonOf(err), err.Error())
+				return nil, false
+			}
+			az.aliases[alias] = aliasEntry{topic: e.topic, synced: true}
+			return b, true
+		}
+		return f.Bytes, true
+	}
+	if s.srv.cfg.Policy.OnPublishDeny == "disconnect" {
+		s.logger().Info("publish not authorized; disconnecting", "client_id", s.info.id, "topic", topic, "reason", d.Reason)
+		s.end(endClientError, codec.NotAuthorized, d.Reason)
+		return nil, false
+	}
+	switch pub.QoS {
+	case 1:
+		ack := &codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID}
+		if s.version == codec.V5 {
+			ack.ReasonCode = codec.NotAuthorized
+			s.ackReason(&ack.Properties, d.Reason)
+		}
+		return nil, s.replyClient(ack)
+	case 2:
+		ack := &codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID}
+		if s.version == codec.V5 {
+			// [MQTT-4.3.3] a PUBREC with a failure code ends the flow.
+			ack.ReasonCode = codec.NotAuthorized
+			s.ackReason(&ack.Properties, d.Reason)
+		} else {
+			if az.deniedRel == nil {
+				az.deniedRel = make(map[uint16]struct{})
+			}
+			az.deniedRel[pub.PacketID] = struct{}{}
+		}
+		return nil, s.replyClient(ack)
+	}
+	return nil, true
+}
+
+// failCode is the SUBACK / UNSUBACK code for a denied filter.
+func (s *session) failCode() byte {
+	if s.version == codec.V5 {
+		return byte(codec.NotAuthorized)
+	}
+	return codec.SubackFailure311
+}
+
+func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, bool) {
+	s := p.s
+	denied := make([]bool, len(sub.Subscriptions))
+	keep := sub.Subscriptions[:0:0]
+	reason := ""
+	for i, sb := range sub.Subscriptions {
+		r := &policy.Request{Action: policy.Subscribe, Topic: sb.Filter, QoS: sb.QoS}
+		if group, inner, ok := codec.SplitShared(sb.Filter); ok {
+			r.Topic, r.Shared, r.ShareGroup = inner, true, group
+		}
+		if d := s.srv.policy.Decide(s.az.subj, r); d.Allow {
+			keep = append(keep, sb)
+		} else {
+			denied[i], reason = true, d.Reason
+		}
+	}
+	switch len(keep) {
+	case len(sub.Subscriptions):
+		return f.Bytes, true
+	case 0:
+		ack := &codec.Suback{PacketID: sub.PacketID, ReasonCodes: make([]byte, len(denied))}
+		for i := range ack.ReasonCodes {
+			ack.ReasonCodes[i] = s.failCode()
+		}
+		if s.version == codec.V5 {
+			s.ackReason(&ack.Properties, reason)
+		}
+		return nil, s.replyClient(ack)
+	}
+	fwd := *sub
+	fwd.Subscriptions = keep
+	return p.forwardPart(&fwd, sub.PacketID, codec.SUBACK, denied)
+}
+
+func (p clientToBroker) unsubscribe(f codec.Frame, uns *codec.Unsubscribe) ([]byte, bool) {
+	s := p.s
+	denied := make([]bool, len(uns.Filters))
+	var keep []string
+	for i, filter := range uns.Filters {
+		r := &policy.Request{Action: policy.Unsubscribe, Topic: filter}
+		if group, inner, ok := codec.SplitShared(filter); ok {
+			r.Topic, r.Shared, r.ShareGroup = inner, true, group
+		}
+		if s.srv.policy.Decide(s.az.subj, r).Allow {
+			keep = append(keep, filter)
+		} else {
+			denied[i] = true
+		}
+	}
+	switch len(keep) {
+	case len(uns.Filters):
+		return f.Bytes, true
+	case 0:
+		ack := &codec.Unsuback{PacketID: uns.PacketID}
+		if s.version == codec.V5 {
+			ack.ReasonCodes = make([]byte, len(denied))
+			for i := range ack.ReasonCodes {
+				ack.ReasonCodes[i] = byte(codec.NotAuthorized)
+			}
+		}
+		return nil, s.replyClient(ack)
+	}
+	fwd := *uns
+	fwd.Filters = keep
+	if s.version != codec.V5 {
+		// A 3.x UNSUBACK carries no per-filter codes: the broker's answer
+		// goes through as it is.
+		b, err := fwd.Append(nil, s.version)
+		return b, p.encoded(err)
+	}
+	return p.forwardPart(&fwd, uns.PacketID, codec.UNSUBACK, denied)
+}
+
+// forwardPart forwards the permitted part of a SUBSCRIBE or UNSUBSCRIBE
+// under the same packet id, and remembers the denials for the answer.
+func (p clientToBroker) forwardPart(pk codec.Packet, id uint16, ack codec.PacketType, denied []bool) ([]byte, bool) {
+	s := p.s
+	b, err := pk.Append(nil, s.version)
+	if !p.encoded(err) {
+		return nil, false
+	}
+	s.az.mu.Lock()
+	if s.az.pending == nil {
+		s.az.pending = make(map[uint16]*merge)
+	}
+	s.az.pending[id] = &merge{ack: ack, denied: denied}
+	s.az.mu.Unlock()
+	return b, true
+}
+
+func (p clientToBroker) encoded(err error) bool {
+	if err != nil {
+		p.s.end(endClientError, codec.ReasonOf(err), err.Error())
+		return false
+	}
+	return true
+}
+
+// authorize decides a broker packet: deliveries the client may not
+// receive are dropped (and acknowledged on its behalf), and SUBACK /
+// UNSUBACK get the denials merged back in.
+func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool) {
+	s, az := p.s, p.s.az
+	switch pk := pk.(type) {
+	case *codec.Publish:
+		if s.version == codec.V5 && pk.Properties.Has(codec.PropTopicAlias) {
+			// moat withholds the client's Topic Alias Maximum from the
+			// broker, so every delivery names its topic [MQTT-3.3.2-10].
+			s.logger().Warn("broker protocol error", "client_id", s.info.id, "error", "topic alias on a delivery; none were allowed")
+			s.end(endUpstreamError, codec.TopicAliasInvalid, "upstream broker sent an invalid packet")
+			return nil, false
+		}
+		d := s.srv.policy.Decide(az.subj, &policy.Request{Action: policy.Receive, Topic: policy.View(pk.Topic),
+			QoS: pk.QoS, Retain: pk.Retain, Props: propsOf(&pk.Properties, s.version)})
+		if d.Allow {
+			return f.Bytes, true
+		}
+		switch pk.QoS {
+		case 1:
+			return nil, s.replyBroker(&codec.Ack{PacketType: codec.PUBACK, PacketID: pk.PacketID})
+		case 2:
+			if az.droppedRel == nil {
+				az.droppedRel = make(map[uint16]struct{})
+			}
+			az.droppedRel[pk.PacketID] = struct{}{}
+			return nil, s.replyBroker(&codec.Ack{PacketType: codec.PUBREC, PacketID: pk.PacketID})
+		}
+		return nil, true
+	case *codec.Ack:
+		if pk.PacketType == codec.PUBREL && az.droppedRel != nil {
+			if _, ok := az.droppedRel[pk.PacketID]; ok {
+				delete(az.droppedRel, pk.PacketID)
+				return nil, s.replyBroker(&codec.Ack{PacketType: codec.PUBCOMP, PacketID: pk.PacketID})
+			}
+		}
+	case *codec.Suback:
+		return p.merge(f, codec.SUBACK, pk.PacketID, &pk.ReasonCodes, pk)
+	case *codec.Unsuback:
+		return p.merge(f, codec.UNSUBACK, pk.PacketID, &pk.ReasonCodes, pk)
+	}
+	return f.Bytes, true
+}
+
+// merge puts the denied filters' codes back into the broker's answer, at
+// their positions in the client's request.
+func (p brokerToClient) merge(f codec.Frame, t codec.PacketType, id uint16, codes *[]byte, pk codec.Packet) ([]byte, bool) {
+	s, az := p.s, p.s.az
+	az.mu.Lock()
+	m := az.pending[id]
+	if m != nil && m.ack == t {
+		delete(az.pending, id)
+	}
+	az.mu.Unlock()
+	if m == nil || m.ack != t {
+		return f.Bytes, true
+	}
+	allowed := 0
+	for _, d := range m.denied {
+		if !d {
+			allowed++
+		}
+	}
+	if len(*codes) != allowed {
+		s.logger().Warn("broker protocol error", "client_id", s.info.id, "error", t.String()+" has "+strconv.Itoa(len(*codes))+" codes for "+strconv.Itoa(allowed)+" filters")
+		s.end(endUpstreamError, codec.ProtocolError, "upstream broker sent an invalid packet")
+		return nil, false
+	}
+	merged := make([]byte, len(m.denied))
+	j := 0
+	for i, d := range m.denied {
+		if d {
+			merged[i] = s.failCode()
+		} else {
+			merged[i] = (*codes)[j]
+			j++
+		}
+	}
+	*codes = merged
+	b, err := pk.Append(nil, s.version)
+	if err != nil {
+		s.end(endUpstreamError, codec.ReasonOf(err), "re-encoding "+t.String()+": "+err.Error())
+		return nil, false
+	}
+	return b, true
+}
