@@ -31,7 +31,7 @@ type Server struct {
 
 	policy    *policy.Engine // nil in allow_all mode
 	decisions io.Closer      // the decision log file, if one was opened
-	stdout    io.Writer // where decision_log.file "stdout" and "stderr" go
+	stdout    io.Writer      // where decision_log.file "stdout" and "stderr" go
 	stderr    io.Writer
 	stopWatch context.CancelFunc
 	watchDone chan struct{}

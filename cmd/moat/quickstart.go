@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 
 	mqtt "github.com/mochi-mqtt/server/v2"

@@ -77,7 +77,7 @@ persistence false
 set_tcp_nodelay true
 max_queued_messages 100000
 max_inflight_messages 20
-log_dest stdout
+log_dest stderr
 log_type error
 log_type warning
 log_type notice
