@@ -10,7 +10,7 @@ import (
 
 // The example policies' own Rego tests pass with moat's built-ins.
 func TestExamplePolicies(t *testing.T) {
-	for _, dir := range []string{"../policies/plant"} {
+	for _, dir := range []string{"../policies/plant", "../policies/multitenant", "../policies/quickstart"} {
 		var out bytes.Buffer
 		sum, err := policy.RunTests(context.Background(), []string{dir}, &out, testing.Verbose())
 		if err != nil {

@@ -19,6 +19,11 @@ go vet ./...
 echo "== staticcheck (pinned as a tool in go.mod)"
 go tool staticcheck ./...
 
+echo "== example policies' Rego tests (moat policy test)"
+for dir in policies/*/; do
+  go run ./cmd/moat policy test "$dir"
+done
+
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 
