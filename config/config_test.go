@@ -15,6 +15,9 @@ func inDirWithCerts(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.MkdirAll(filepath.Join(dir, "policies", "plant"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range []string{"server.crt", "server.key", "ca.crt"} {
 		if err := os.WriteFile(filepath.Join(dir, "certs", f), nil, 0o600); err != nil {
 			t.Fatal(err)
@@ -38,6 +41,21 @@ func TestExampleConfig(t *testing.T) {
 	}
 	if cfg.Limits.MaxPacketSize != 1<<20 || cfg.Limits.ConnectTimeout != 10*time.Second {
 		t.Fatalf("limits: %+v", cfg.Limits)
+	}
+	p := cfg.Policy
+	if p.Mode != ModeEnforce || p.Cache.Size != DefaultCacheSize || p.Cache.TTL != time.Minute || p.WatchInterval.D != 2*time.Second ||
+		p.OnPublishDeny != "ack" || p.DecisionLog.File != "stderr" || p.EvalTimeout != 100*time.Millisecond {
+		t.Fatalf("policy defaults: %+v", p)
+	}
+}
+
+func TestWatchOff(t *testing.T) {
+	cfg, err := Parse([]byte("listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, watch_interval: off}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Policy.WatchInterval.Set || cfg.Policy.WatchInterval.D != 0 {
+		t.Fatalf("watch_interval off: %+v", cfg.Policy.WatchInterval)
 	}
 }
 
@@ -86,6 +104,13 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"bad duration", listener + base + "limits: {connect_timeout: soon}\n", "soon"},
 		{"upstream cert without key", listener + "upstream: {address: \"127.0.0.1:1884\", tls: {cert_file: /dev/null}}\npolicy: {mode: allow_all}\n", "upstream.tls"},
 		{"bad log level", listener + base + "log: {level: loud}\n", "log.level"},
+		{"enforce without paths", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: enforce}\n", "policy.paths: required"},
+		{"policy path missing", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: shadow, paths: [/nonexistent]}\n", "policy.paths[0]"},
+		{"allow_all with paths", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, paths: [/tmp]}\n", "ignores them"},
+		{"bad deny action", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, on_publish_deny: shrug}\n", "policy.on_publish_deny"},
+		{"bad watch interval", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, watch_interval: sometimes}\n", "sometimes"},
+		{"bad cache size", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {size: -5}}\n", "policy.cache.size"},
+		{"unknown policy key", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {sise: 5}}\n", "policy.cache"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
