@@ -14,13 +14,17 @@ import (
 	"github.com/moat-mqtt/moat/internal/loadgen"
 )
 
-// throughput is the closed-loop test: pubs publishers each send n messages
-// of size bytes; QoS 1 keeps up to window unacknowledged, QoS 0 ends with a
-// PINGREQ whose PINGRESP proves the broker has read everything before it.
-func throughput(p *path, v codec.Version, qos byte, size, pubs, n, window int) (sample, error) {
+// Client ids and topics follow the plant policy's roles: publishers are
+// sensor-* and publish under sensors/{id}/, subscribers are dashboard-*.
+
+// throughput is the closed-loop test: pubs publishers each run load l;
+// QoS 1 keeps up to l.Window unacknowledged, QoS 0 ends with a PINGREQ
+// whose PINGRESP proves the broker has read everything before it. denied
+// publishes to a topic the plant policy forbids sensors (commands/...).
+func throughput(p *path, v codec.Version, l loadgen.Load, pubs int, denied bool) (sample, error) {
 	clients := make([]*loadgen.Client, pubs)
 	for i := range clients {
-		c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("tp-%d", i), v)
+		c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("sensor-tp-%d", i), v)
 		if err != nil {
 			return sample{}, err
 		}
@@ -31,11 +35,16 @@ func throughput(p *path, v codec.Version, qos byte, size, pubs, n, window int) (
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, pubs)
-	for _, c := range clients {
+	for i, c := range clients {
 		wg.Add(1)
+		l := l
+		l.Topic = fmt.Sprintf("sensors/sensor-tp-%d/temp", i)
+		if denied {
+			l.Topic = fmt.Sprintf("commands/valve-%d/close", i)
+		}
 		go func(c *loadgen.Client) {
 			defer wg.Done()
-			if err := loadgen.PublishLoop(c, qos, size, n, window); err != nil {
+			if err := loadgen.PublishLoop(c, l); err != nil {
 				errs <- err
 			}
 		}(c)
@@ -46,7 +55,7 @@ func throughput(p *path, v codec.Version, qos byte, size, pubs, n, window int) (
 	if err := <-errs; err != nil {
 		return sample{}, err
 	}
-	msgs := pubs * n
+	msgs := pubs * l.N
 	return sample{
 		value:    float64(msgs) / elapsed.Seconds(),
 		cpuPerOp: perOp(p.cpu()-cpu0, msgs),
@@ -66,8 +75,8 @@ func perOp(d time.Duration, n int) float64 {
 // latency runs from each message's scheduled time, so a stalled sender
 // cannot hide delay (no coordinated omission).
 func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResult, error) {
-	topic := fmt.Sprintf("lat/%s/%d", p.name, time.Now().UnixNano())
-	sub, err := loadgen.Dial(p.addr, p.tls, "lat-sub", v)
+	topic := fmt.Sprintf("sensors/sensor-lat/%s-%d", p.name, time.Now().UnixNano())
+	sub, err := loadgen.Dial(p.addr, p.tls, "dashboard-lat", v)
 	if err != nil {
 		return latencyResult{}, err
 	}
@@ -75,7 +84,7 @@ func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResu
 	if err := sub.Subscribe(topic); err != nil {
 		return latencyResult{}, err
 	}
-	pub, err := loadgen.Dial(p.addr, p.tls, "lat-pub", v)
+	pub, err := loadgen.Dial(p.addr, p.tls, "sensor-lat", v)
 	if err != nil {
 		return latencyResult{}, err
 	}
@@ -134,14 +143,14 @@ func summarize(lat []time.Duration, sent int) latencyResult {
 // fanout: one publisher, subs subscribers, all through the path; the rate
 // is deliveries per second until every subscriber has every message.
 func fanout(p *path, v codec.Version, subs, n int) (sample, error) {
-	topic := fmt.Sprintf("fan/%s/%d", p.name, time.Now().UnixNano())
+	topic := fmt.Sprintf("sensors/sensor-fan/%s-%d", p.name, time.Now().UnixNano())
 	var (
 		wg       sync.WaitGroup
 		received atomic.Int64
 		clients  []*loadgen.Client
 	)
 	for i := 0; i < subs; i++ {
-		c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("fan-%d", i), v)
+		c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("dashboard-fan-%d", i), v)
 		if err != nil {
 			return sample{}, err
 		}
@@ -151,7 +160,7 @@ func fanout(p *path, v codec.Version, subs, n int) (sample, error) {
 		}
 		clients = append(clients, c)
 	}
-	pub, err := loadgen.Dial(p.addr, p.tls, "fan-pub", v)
+	pub, err := loadgen.Dial(p.addr, p.tls, "sensor-fan", v)
 	if err != nil {
 		return sample{}, err
 	}
@@ -214,7 +223,7 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 		go func(w int) {
 			defer wg.Done()
 			for i := 0; time.Now().Before(deadline); i++ {
-				c, err := loadgen.Dial(p.addr, tc, fmt.Sprintf("storm-%d-%d", w, i), v)
+				c, err := loadgen.Dial(p.addr, tc, fmt.Sprintf("sensor-storm-%d-%d", w, i), v)
 				if err != nil {
 					failed.Add(1)
 					time.Sleep(10 * time.Millisecond)
@@ -257,7 +266,7 @@ func idle(p *path, v codec.Version, n int) ([]*loadgen.Client, error) {
 				if i >= int64(n) {
 					return
 				}
-				c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("idle-%d", i), v)
+				c, err := loadgen.Dial(p.addr, p.tls, fmt.Sprintf("sensor-idle-%d", i), v)
 				mu.Lock()
 				if err != nil {
 					if firstEr == nil {

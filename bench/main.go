@@ -25,6 +25,7 @@ import (
 
 	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/internal/devpki"
+	"github.com/moat-mqtt/moat/internal/loadgen"
 )
 
 type options struct {
@@ -43,7 +44,7 @@ func main() {
 	flag.IntVar(&o.reps, "reps", 3, "repetitions of every measurement (variants interleaved)")
 	flag.StringVar(&o.out, "out", "", "markdown file to write the results section into (e.g. docs/benchmarks.md)")
 	flag.StringVar(&o.raw, "raw", "", "file to write the raw samples to as JSON (e.g. docs/bench-raw.json)")
-	flag.StringVar(&o.policy, "policy", "allow_all", "policy moat runs with: allow_all (the only mode this version has)")
+	flag.StringVar(&o.policy, "policy", "plant", "policy moat runs with: plant (policies/plant, enforced, decision cache on) or allow_all")
 	flag.IntVar(&o.version, "mqtt", 4, "protocol level of the load: 4 (3.1.1) or 5")
 	var env stringList
 	flag.Var(&env, "moat-env", "NAME=VALUE added to moat's environment (repeatable), e.g. GOMAXPROCS=1")
@@ -101,6 +102,7 @@ type setup struct {
 	haproxy  *proc
 	moat     *proc
 	paths    []*path
+	policy   string // moat's policy section, YAML
 }
 
 func (s *setup) close() {
@@ -117,8 +119,8 @@ func (s *setup) clientTLS() *tls.Config {
 }
 
 func run(o options) error {
-	if o.policy != "allow_all" {
-		return fmt.Errorf("-policy %q: this version of moat has only allow_all", o.policy)
+	if o.policy != "allow_all" && o.policy != "plant" {
+		return fmt.Errorf("-policy %q: use plant or allow_all", o.policy)
 	}
 	v := codec.Version(o.version)
 	if v != codec.V311 && v != codec.V5 {
@@ -127,7 +129,7 @@ func run(o options) error {
 	if o.smoke {
 		o.reps = 1
 	}
-	s, err := start()
+	s, err := start(o.policy)
 	if err != nil {
 		return err
 	}
@@ -166,12 +168,15 @@ func run(o options) error {
 	return r.write(o)
 }
 
-func start() (*setup, error) {
+func start(policy string) (*setup, error) {
 	dir, err := os.MkdirTemp("", "moat-bench-")
 	if err != nil {
 		return nil, err
 	}
 	s := &setup{dir: dir}
+	if s.policy, err = moatPolicy(dir, policy); err != nil {
+		return nil, err
+	}
 	if _, err := devpki.Ensure(dir); err != nil {
 		return nil, err
 	}
@@ -198,7 +203,7 @@ func start() (*setup, error) {
 		s.close()
 		return nil, err
 	}
-	if s.moat, err = startMoat(dir, s.moatBin, s.cert, s.key, s.brokerAd, mTLS, mPlain); err != nil {
+	if s.moat, err = startMoat(dir, s.moatBin, s.cert, s.key, s.brokerAd, mTLS, mPlain, s.policy); err != nil {
 		s.close()
 		return nil, err
 	}
@@ -241,11 +246,25 @@ func scenarios(o options) []scenario {
 			sc = append(sc, scenario{
 				name: fmt.Sprintf("throughput QoS %d %s", qos, sizeName(size)),
 				run: func(p *path, v codec.Version) (sample, error) {
-					return throughput(p, v, qos, size, pubs, count, window)
+					return throughput(p, v, loadgen.Load{QoS: qos, Size: size, N: count, Window: window}, pubs, false)
 				},
 			})
 		}
 	}
+	// The decision cache at 0% hits (a new topic per message), and the
+	// deny path (moat answers every PUBLISH itself; the other paths
+	// forward them).
+	sc = append(sc, scenario{
+		name: "throughput QoS 1 64 B new topic each",
+		run: func(p *path, v codec.Version) (sample, error) {
+			return throughput(p, v, loadgen.Load{QoS: 1, Size: 64, N: n, Window: window, UniqueTopics: true}, pubs, false)
+		},
+	}, scenario{
+		name: "throughput QoS 1 64 B denied",
+		run: func(p *path, v codec.Version) (sample, error) {
+			return throughput(p, v, loadgen.Load{QoS: 1, Size: 64, N: n, Window: window}, pubs, true)
+		},
+	})
 	for _, rate := range rates {
 		rate := rate
 		sc = append(sc, scenario{
@@ -281,6 +300,36 @@ func scenarios(o options) []scenario {
 	return sc
 }
 
+// benchIdentity lets the harness's anonymous loopback clients stand for
+// plant devices: their client id is their identity. Added next to the
+// plant policy, so every decision evaluates the plant rules in full.
+const benchIdentity = `package moat.authz
+
+import rego.v1
+
+identity := input.client.id if input.client.auth_method == "anonymous"
+`
+
+// moatPolicy returns moat's policy section for the harness.
+func moatPolicy(dir, policy string) (string, error) {
+	if policy == "allow_all" {
+		return "policy: {mode: allow_all}", nil
+	}
+	plant, err := filepath.Abs(filepath.Join("policies", "plant", "plant.rego"))
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(plant); err != nil {
+		return "", fmt.Errorf("the plant policy: %w (run the harness from the repository root)", err)
+	}
+	ident := filepath.Join(dir, "bench-identity.rego")
+	if err := os.WriteFile(ident, []byte(benchIdentity), 0o644); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("policy: {mode: enforce, paths: [%q, %q], decision_log: {file: %q}}",
+		plant, ident, filepath.Join(dir, "decisions.jsonl")), nil
+}
+
 func sizeName(n int) string {
 	if n >= 1024 {
 		return fmt.Sprintf("%d KiB", n/1024)
@@ -309,7 +358,7 @@ func idleMemory(s *setup, o options, v codec.Version, r *results) error {
 					err error
 				)
 				if kind == "moat" {
-					p, err = startMoat(s.dir, s.moatBin, s.cert, s.key, s.brokerAd, tlsAddr, plainAddr)
+					p, err = startMoat(s.dir, s.moatBin, s.cert, s.key, s.brokerAd, tlsAddr, plainAddr, s.policy)
 				} else {
 					p, err = startHAProxy(s.dir, s.cert, s.key, s.brokerAd, tlsAddr, plainAddr)
 				}

@@ -210,7 +210,7 @@ backend broker
 }
 
 // startMoat runs the moat binary with a TLS and a plain listener.
-func startMoat(dir, bin, certFile, keyFile, upstream, tlsAddr, plainAddr string) (*proc, error) {
+func startMoat(dir, bin, certFile, keyFile, upstream, tlsAddr, plainAddr, policy string) (*proc, error) {
 	conf := fmt.Sprintf(`listeners:
   - name: mqtts
     address: "%s"
@@ -221,10 +221,10 @@ func startMoat(dir, bin, certFile, keyFile, upstream, tlsAddr, plainAddr string)
     transport: tcp
 upstream: {address: "%s"}
 limits: {max_packet_size: 1MiB}
-policy: {mode: allow_all}
+%s
 shutdown: {drain_timeout: 2s}
 log: {level: warn, format: text}
-`, tlsAddr, certFile, keyFile, plainAddr, upstream)
+`, tlsAddr, certFile, keyFile, plainAddr, upstream, policy)
 	path := filepath.Join(dir, "moat.yaml")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err

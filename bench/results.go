@@ -162,7 +162,15 @@ func (r *results) markdown() string {
 	w("Machine: %s. Load generator, proxies and Mosquitto share the cores; all traffic on loopback.\n\n", machine())
 	w("Paths: `direct` is the load generator straight to Mosquitto; `haproxy-tls` / `moat-tls` terminate the same TLS\n")
 	w("(same ECDSA P-256 certificate, TLS 1.3) and forward in plain TCP; `haproxy-tcp` / `moat-tcp` are their plain listeners.\n")
-	w("moat runs with `policy: %s` and decodes and validates every packet both ways. Each cell is the median, with min–max,\n", r.o.policy)
+	if r.o.policy == "plant" {
+		w("moat enforces the plant example policy (policies/plant, decision cache on; the harness's anonymous clients take their\n")
+		w("client id as identity: publishers are sensor-*, subscribers dashboard-*) on every publish, subscription and delivery,\n")
+		w("and decodes and validates every packet both ways. \"new topic each\" misses the decision cache on every message;\n")
+		w("\"denied\" publishes where sensors may not (moat answers each PUBLISH itself and logs the denial; the other paths forward).\n")
+	} else {
+		w("moat runs with `policy: %s` and decodes and validates every packet both ways.\n", r.o.policy)
+	}
+	w("Each cell is the median, with min–max,\n")
 	w("of %d run(s), variants interleaved. Protocol of the load: MQTT %s.\n\n", r.o.reps, codec.Version(r.o.version))
 
 	w("| measurement | unit | %s | moat-tls / haproxy-tls | moat-tls / direct |\n", strings.Join(pathOrder, " | "))

@@ -19,7 +19,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unique"
 	"unsafe"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -91,7 +90,7 @@ type revision struct {
 
 // cacheKey is everything a decision may depend on except the payload.
 type cacheKey struct {
-	subject unique.Handle[string]
+	subject uint64 // Subject.serial: the client document differs per connection anyway (port)
 	topic   string
 	group   string
 	props   string
@@ -264,7 +263,7 @@ func digest(res *loader.Result) string {
 // undefined, non-boolean or failed evaluation is a denial.
 func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	rev := e.cur.Load()
-	key := cacheKey{subject: s.key, topic: r.Topic, group: r.ShareGroup, action: r.Action, qos: r.QoS}
+	key := cacheKey{subject: s.serial, topic: r.Topic, group: r.ShareGroup, action: r.Action, qos: r.QoS}
 	if r.Retain {
 		key.flags |= flagRetain
 	}

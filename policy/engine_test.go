@@ -313,3 +313,19 @@ func ctxFrom(stop <-chan struct{}) context.Context {
 	go func() { <-stop; cancel() }()
 	return ctx
 }
+
+// A quiet connection keeps no client document; the next miss rebuilds it.
+func TestSubjectRelease(t *testing.T) {
+	e := newEngine(t, allowT, Options{CacheSize: -1})
+	s := certSubject("c")
+	if !e.Decide(s, &Request{Action: Publish, Topic: "t"}).Allow || s.term.Load() == nil {
+		t.Fatal("no document after a miss")
+	}
+	s.Release()
+	if s.term.Load() != nil {
+		t.Fatal("document kept after Release")
+	}
+	if !e.Decide(s, &Request{Action: Publish, Topic: "t"}).Allow || e.Decide(s, &Request{Action: Publish, Topic: "x"}).Allow {
+		t.Fatal("wrong decision after Release")
+	}
+}

@@ -7,7 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strings"
-	"unique"
+	"sync/atomic"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -126,64 +126,92 @@ type Props struct {
 	User          [][2]string
 }
 
-// Subject is a connection as the policy sees it: the client document,
-// built once per connection and shared by all its decisions.
+// Subject is a connection as the policy sees it. The client document is
+// built on the first cache miss and kept while the connection is busy;
+// Release drops it when the connection goes quiet, so an idle connection
+// holds a few hundred bytes rather than a document.
 type Subject struct {
 	ConnID uint64
 	Client Client
-	term   *ast.Term
-	key    unique.Handle[string] // canonical form, interned: the cache key's client part hashes as a pointer
+	serial uint64 // the cache key's client part: unique per Subject
+	term   atomic.Pointer[ast.Term]
 }
 
-// NewSubject prepares the client document of a connection.
+// Release drops the client document until the next cache miss.
+func (s *Subject) Release() { s.term.Store(nil) }
+
+// client returns the client document, building it if needed.
+func (s *Subject) client() *ast.Term {
+	if t := s.term.Load(); t != nil {
+		return t
+	}
+	t := s.clientTerm()
+	s.term.Store(t)
+	return t
+}
+
+var subjects atomic.Uint64
+
+// NewSubject describes a connection to the policy.
 func NewSubject(connID uint64, c Client) *Subject {
-	doc := clientDoc(c)
-	b, _ := json.Marshal(doc) // maps marshal with sorted keys: canonical
-	v, err := ast.InterfaceToValue(doc)
-	if err != nil {
-		// Only JSON-shaped values are put in doc; a failure here is a bug,
-		// and an empty client document can only make rules deny.
-		v = ast.NewObject()
-	}
-	return &Subject{ConnID: connID, Client: c, term: ast.NewTerm(v), key: unique.Make(string(b))}
+	return &Subject{ConnID: connID, Client: c, serial: subjects.Add(1)}
 }
 
-func clientDoc(c Client) map[string]any {
-	doc := map[string]any{
-		"id": c.ID, "username": c.Username, "protocol_version": c.ProtocolVersion,
-		"clean_start": c.CleanStart, "keep_alive": int(c.KeepAlive),
-		"address": c.Address, "port": c.Port, "listener": c.Listener,
-		"transport": c.Transport, "auth_method": c.AuthMethod,
-		"claims": map[string]any{},
-	}
+func str(s string) *ast.Term { return ast.StringTerm(s) }
+
+// clientTerm builds input.client.
+func (s *Subject) clientTerm() *ast.Term {
+	c := &s.Client
+	claims := ast.NewObject()
 	if c.Claims != nil {
-		doc["claims"] = c.Claims
-	}
-	if c.Cert != nil {
-		doc["cert"] = map[string]any{
-			"subject": nameDoc(c.Cert.Subject), "issuer": nameDoc(c.Cert.Issuer),
-			"dns_names": strs(c.Cert.DNSNames), "uri_sans": strs(c.Cert.URISANs),
-			"serial": c.Cert.Serial, "fingerprint_sha256": c.Cert.FingerprintSHA256,
+		if v, err := ast.InterfaceToValue(c.Claims); err == nil {
+			claims = v.(ast.Object)
 		}
 	}
-	return doc
+	items := [][2]*ast.Term{
+		{str("id"), str(c.ID)},
+		{str("username"), str(c.Username)},
+		{str("protocol_version"), ast.IntNumberTerm(c.ProtocolVersion)},
+		{str("clean_start"), ast.BooleanTerm(c.CleanStart)},
+		{str("keep_alive"), ast.IntNumberTerm(int(c.KeepAlive))},
+		{str("address"), str(c.Address)},
+		{str("port"), ast.IntNumberTerm(c.Port)},
+		{str("listener"), str(c.Listener)},
+		{str("transport"), str(c.Transport)},
+		{str("auth_method"), str(c.AuthMethod)},
+		{str("claims"), ast.NewTerm(claims)},
+	}
+	if ct := c.Cert; ct != nil {
+		items = append(items, [2]*ast.Term{str("cert"), ast.ObjectTerm(
+			[2]*ast.Term{str("subject"), nameTerm(ct.Subject)},
+			[2]*ast.Term{str("issuer"), nameTerm(ct.Issuer)},
+			[2]*ast.Term{str("dns_names"), strs(ct.DNSNames)},
+			[2]*ast.Term{str("uri_sans"), strs(ct.URISANs)},
+			[2]*ast.Term{str("serial"), str(ct.Serial)},
+			[2]*ast.Term{str("fingerprint_sha256"), str(ct.FingerprintSHA256)},
+		)})
+	}
+	return ast.ObjectTerm(items...)
 }
 
-func nameDoc(n Name) map[string]any {
-	return map[string]any{
-		"common_name": n.CommonName, "organization": strs(n.Organization),
-		"organizational_unit": strs(n.OrganizationalUnit), "country": strs(n.Country),
-		"province": strs(n.Province), "locality": strs(n.Locality),
-	}
+func nameTerm(n Name) *ast.Term {
+	return ast.ObjectTerm(
+		[2]*ast.Term{str("common_name"), str(n.CommonName)},
+		[2]*ast.Term{str("organization"), strs(n.Organization)},
+		[2]*ast.Term{str("organizational_unit"), strs(n.OrganizationalUnit)},
+		[2]*ast.Term{str("country"), strs(n.Country)},
+		[2]*ast.Term{str("province"), strs(n.Province)},
+		[2]*ast.Term{str("locality"), strs(n.Locality)},
+	)
 }
 
 // strs keeps absent lists as [] so rules can iterate without a guard.
-func strs(s []string) []any {
-	out := make([]any, len(s))
+func strs(s []string) *ast.Term {
+	out := make([]*ast.Term, len(s))
 	for i, v := range s {
-		out[i] = v
+		out[i] = str(v)
 	}
-	return out
+	return ast.ArrayTerm(out...)
 }
 
 // Terms every input shares, built once: keys, actions, small numbers.
@@ -209,7 +237,7 @@ func (s *Subject) input(r *Request) ast.Value {
 		action = vActions[r.Action]
 	}
 	if r.Action == Connect {
-		return ast.NewObject([2]*ast.Term{kVersion, vVersion}, [2]*ast.Term{kAction, action}, [2]*ast.Term{kClient, s.term})
+		return ast.NewObject([2]*ast.Term{kVersion, vVersion}, [2]*ast.Term{kAction, action}, [2]*ast.Term{kClient, s.client()})
 	}
 	n := strings.Count(r.Topic, "/") + 1
 	lv := make([]*ast.Term, 0, n)
@@ -236,7 +264,7 @@ func (s *Subject) input(r *Request) ast.Value {
 	return ast.NewObject(
 		[2]*ast.Term{kVersion, vVersion},
 		[2]*ast.Term{kAction, action},
-		[2]*ast.Term{kClient, s.term},
+		[2]*ast.Term{kClient, s.client()},
 		[2]*ast.Term{kTopic, ast.StringTerm(r.Topic)},
 		[2]*ast.Term{kLevels, ast.ArrayTerm(lv...)},
 		[2]*ast.Term{kGroup, group},

@@ -146,6 +146,9 @@ func (s *session) serve() {
 func (s *session) startPump(r *codec.Reader, wc *waitConn, slot *atomic.Uint64, hard time.Time, idle bool, resume func(error)) {
 	if idle && s.srv.parker != nil {
 		r.Release()
+		if s.az != nil {
+			s.az.subj.Release()
+		}
 		if ok, err := wc.TryFill(); !ok && err == nil && s.srv.parker.park(wc, slot, hard, resume) == nil {
 			if s.stale(wc, hard) {
 				s.srv.parker.unpark(slot) // the other pump ended or moved things meanwhile
@@ -486,6 +489,9 @@ func (s *session) wait(wc *waitConn, slot *atomic.Uint64, hard time.Time, armedA
 	}
 	if s.srv.parker == nil {
 		return false, nil
+	}
+	if s.az != nil {
+		s.az.subj.Release() // quiet for a while: keep no policy document either
 	}
 	if err := s.srv.parker.park(wc, slot, hard, resume); err != nil {
 		return false, err

@@ -53,7 +53,7 @@ func BenchmarkQoS1Publish(b *testing.B) {
 				wg.Add(1)
 				go func(c *loadgen.Client) {
 					defer wg.Done()
-					if err := loadgen.PublishLoop(c, 1, loadPayload, per, loadWindow); err != nil {
+					if err := loadgen.PublishLoop(c, loadgen.Load{QoS: 1, Size: loadPayload, N: per, Window: loadWindow}); err != nil {
 						b.Error(err)
 					}
 				}(c)

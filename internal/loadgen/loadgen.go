@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/moat-mqtt/moat/codec"
@@ -101,13 +102,37 @@ func (c *Client) Disconnect() {
 	c.Conn.Close()
 }
 
-// PublishLoop sends n messages of size bytes at qos: QoS 1 keeps up to
-// window unacknowledged; QoS 0 ends with a PINGREQ whose PINGRESP proves
-// the broker has read everything before it.
-func PublishLoop(c *Client, qos byte, size, n, window int) error {
-	pub := &codec.Publish{QoS: qos, Topic: []byte("bench/plant1/zone3/temp"), Payload: make([]byte, size)}
+// Load is one publisher's closed-loop run.
+type Load struct {
+	QoS    byte
+	Size   int    // payload bytes
+	N      int    // messages
+	Window int    // QoS 1: most unacknowledged
+	Topic  string // default "bench/plant1/zone3/temp"
+	// UniqueTopics appends the message number as a last level, so every
+	// message has a topic of its own (a policy decision cache never hits).
+	UniqueTopics bool
+}
+
+// PublishLoop sends l.N messages: QoS 1 keeps up to l.Window
+// unacknowledged; QoS 0 ends with a PINGREQ whose PINGRESP proves the
+// broker has read everything before it.
+func PublishLoop(c *Client, l Load) error {
+	qos, size, n, window := l.QoS, l.Size, l.N, l.Window
+	topic := l.Topic
+	if topic == "" {
+		topic = "bench/plant1/zone3/temp"
+	}
+	pub := &codec.Publish{QoS: qos, Topic: []byte(topic), Payload: make([]byte, size)}
+	base := len(pub.Topic)
+	next := func(i int) {
+		if l.UniqueTopics {
+			pub.Topic = strconv.AppendInt(append(pub.Topic[:base], '/'), int64(i), 10)
+		}
+	}
 	if qos == 0 {
 		for i := 0; i < n; i++ {
+			next(i)
 			if err := c.Send(pub, false); err != nil {
 				return err
 			}
@@ -150,6 +175,7 @@ func PublishLoop(c *Client, qos byte, size, n, window int) error {
 			}
 		}
 		pub.PacketID = uint16(i%65535 + 1)
+		next(i)
 		if err := c.Send(pub, false); err != nil {
 			return err
 		}
