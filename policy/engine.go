@@ -276,8 +276,14 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	if r.Props != nil {
 		key.props = propsKey(r.Props)
 	}
-	if rev.cache != nil {
-		if c, ok := rev.cache.Get(key); ok && time.Now().UnixNano() < c.expires {
+	// A connection asks about connect and its will once: caching those
+	// would only push useful entries out.
+	cache := rev.cache
+	if r.Action == Connect || r.Will {
+		cache = nil
+	}
+	if cache != nil {
+		if c, ok := cache.Get(key); ok && time.Now().UnixNano() < c.expires {
 			e.hits.Add(1)
 			return e.enforce(s, r, rev, Decision{Allow: c.allow, Reason: c.reason, Cached: true}, nil)
 		}
@@ -289,8 +295,8 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	rc.Topic, rc.ShareGroup = strings.Clone(r.Topic), strings.Clone(r.ShareGroup)
 	key.topic, key.group = rc.Topic, rc.ShareGroup
 	d, err := e.evaluate(rev, s.input(&rc), rc.Action, rc.Topic)
-	if err == nil && rev.cache != nil {
-		rev.cache.Add(key, cached{allow: d.Allow, reason: d.Reason, expires: time.Now().Add(e.opts.CacheTTL).UnixNano()})
+	if err == nil && cache != nil {
+		cache.Add(key, cached{allow: d.Allow, reason: d.Reason, expires: time.Now().Add(e.opts.CacheTTL).UnixNano()})
 	}
 	return e.enforce(s, &rc, rev, d, err)
 }

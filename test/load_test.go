@@ -3,11 +3,14 @@ package e2e
 import (
 	"crypto/tls"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/internal/loadgen"
 )
 
@@ -64,4 +67,40 @@ func BenchmarkQoS1Publish(b *testing.B) {
 			b.ReportMetric(float64(per*loadPublishers)/elapsed.Seconds(), "msg/s")
 		})
 	}
+}
+
+// BenchmarkConnect is one client's CONNECT/CONNACK/DISCONNECT through
+// moat's plain listener, without a policy and with the plant policy (one
+// uncached connect decision per connection).
+//
+//	go test -run '^$' -bench Connect -benchtime 3000x -count 3 ./test
+func BenchmarkConnect(b *testing.B) {
+	for _, pol := range []string{"allow_all", "plant"} {
+		b.Run(pol, func(b *testing.B) {
+			e := newEnv(b, func(c *config.Config) {
+				if pol == "plant" {
+					c.Policy = plantForAnonymous(b)
+				}
+			})
+			for i := 0; b.Loop(); i++ {
+				c, err := loadgen.Dial(e.plain, nil, fmt.Sprintf("sensor-c-%d", i), codec.V311)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Disconnect()
+			}
+		})
+	}
+}
+
+// plantForAnonymous is the plant policy with anonymous clients taking
+// their client id as identity, as the load harness runs it.
+func plantForAnonymous(t testing.TB) *config.Policy {
+	dir := t.TempDir()
+	id := "package moat.authz\nimport rego.v1\nidentity := input.client.id if input.client.auth_method == \"anonymous\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "identity.rego"), []byte(id), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &config.Policy{Mode: config.ModeEnforce, Paths: []string{"../policies/plant/plant.rego", dir},
+		WatchInterval: config.OptDuration{Set: true}, DecisionLog: config.DecisionLog{File: "off"}}
 }

@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
+	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/policy"
 )
 
@@ -114,7 +114,7 @@ func cmdPolicyEval(args []string, stdout, stderr io.Writer) error {
 		}
 		r := &policy.Request{Action: a, Topic: *topic, QoS: byte(*qos), Retain: *retain, Will: *will}
 		if a == policy.Subscribe || a == policy.Unsubscribe {
-			if g, inner, ok := strings.Cut(strings.TrimPrefix(*topic, "$share/"), "/"); ok && strings.HasPrefix(*topic, "$share/") {
+			if g, inner, ok := codec.SplitShared(*topic); ok {
 				r.Topic, r.Shared, r.ShareGroup = inner, true, g
 			}
 		}
