@@ -137,6 +137,17 @@ func TestQuickStart(t *testing.T) {
 			if !strings.Contains(errs.String(), `"decision":"deny"`) {
 				t.Fatalf("no denial in the decision log:\n%s", errs.String())
 			}
+			// SIGHUP reloads the policy; a broken one is refused.
+			if err := os.WriteFile(filepath.Join(quickPol, "quickstart.rego"), []byte("package moat.authz\nallow if {"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			sigs <- syscall.SIGHUP
+			for deadline := time.Now().Add(5 * time.Second); !strings.Contains(errs.String(), "policy reload refused"); {
+				if time.Now().After(deadline) {
+					t.Fatalf("SIGHUP with a broken policy:\n%s", errs.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 			sigs <- syscall.SIGTERM
 			if code := <-done; code != 0 {
 				t.Fatalf("moat exited %d: %s", code, errs.String())
