@@ -408,10 +408,18 @@ func evalBool(ctx context.Context, q rego.PreparedEvalQuery, in ast.Value) (valu
 type Stats struct {
 	Revision      string
 	CacheHits     uint64
-	CacheMisses   uint64
+	CacheMisses   uint64 // evaluations: misses, and connect/will decisions, which are not cached
 	Denials       uint64
 	ShadowDenials uint64
 	Errors        uint64
+}
+
+// HitRatio is the share of decisions answered from the cache.
+func (s Stats) HitRatio() float64 {
+	if n := s.CacheHits + s.CacheMisses; n > 0 {
+		return float64(s.CacheHits) / float64(n)
+	}
+	return 0
 }
 
 // Stats returns the counters.

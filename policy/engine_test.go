@@ -331,3 +331,18 @@ func TestSubjectRelease(t *testing.T) {
 		t.Fatal("wrong decision after Release")
 	}
 }
+
+// The cache holds at most cache.size decisions.
+func TestCacheBounded(t *testing.T) {
+	e := newEngine(t, allowT, Options{CacheSize: 2})
+	s := certSubject("c")
+	for _, topic := range []string{"t", "u", "v"} {
+		e.Decide(s, &Request{Action: Publish, Topic: topic})
+	}
+	if n := e.cur.Load().cache.Len(); n != 2 {
+		t.Fatalf("cache holds %d", n)
+	}
+	if d := e.Decide(s, &Request{Action: Publish, Topic: "t"}); d.Cached {
+		t.Fatal("the oldest entry was not evicted")
+	}
+}

@@ -123,3 +123,22 @@ func FuzzCovers(f *testing.F) {
 		}
 	})
 }
+
+// FuzzExpand checks that a value can never add a wildcard or a level.
+func FuzzExpand(f *testing.F) {
+	f.Add("sensors/{id}/#", "sensor-7")
+	f.Add("a/{id}-{id}", "+")
+	f.Add("{id}", "a/b")
+	f.Add("x/{id", "#")
+	f.Fuzz(func(t *testing.T, pattern, value string) {
+		out, ok, err := Expand(pattern, map[string]string{"id": value})
+		if err != nil || !ok {
+			return
+		}
+		for _, c := range []string{"+", "#", "/"} {
+			if strings.Count(out, c) != strings.Count(pattern, c) {
+				t.Fatalf("Expand(%q, id=%q) = %q: %q count changed", pattern, value, out, c)
+			}
+		}
+	})
+}

@@ -89,7 +89,9 @@ func (s *session) authorizeConnect(c *codec.Connect) bool {
 	if c.Version == codec.V5 {
 		v = codec.V5
 		ack.ReasonCode = byte(codec.NotAuthorized)
-		setReason(&ack.Properties, d.Reason)
+		if limit := c.Properties.MaximumPacketSize; !c.Properties.Has(codec.PropMaximumPacketSize) || len(d.Reason)+16 <= int(limit) {
+			setReason(&ack.Properties, d.Reason)
+		}
 	}
 	if b, err := ack.Append(nil, v); err == nil {
 		s.cw.write(b, true)
@@ -125,9 +127,10 @@ func setReason(p *codec.Properties, reason string) {
 }
 
 // ackReason puts the policy's reason on an ack if the client asked for
-// problem information.
+// problem information and the ack stays within the client's Maximum
+// Packet Size [MQTT-3.1.2-25].
 func (s *session) ackReason(p *codec.Properties, reason string) {
-	if s.az.problemInfo {
+	if s.az.problemInfo && (s.clientMaxPacket == 0 || len(reason)+16 <= s.clientMaxPacket) {
 		setReason(p, reason)
 	}
 }

@@ -275,6 +275,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.stopWatch()
 			<-s.watchDone
 		}
+		if s.policy != nil {
+			st := s.policy.Stats()
+			s.log.Info("policy decisions", "revision", st.Revision, "cache_hits", st.CacheHits, "evaluations", st.CacheMisses,
+				"hit_ratio", st.HitRatio(), "denials", st.Denials, "shadow_denials", st.ShadowDenials, "errors", st.Errors)
+		}
 		if s.decisions != nil {
 			s.decisions.Close()
 		}
