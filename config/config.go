@@ -145,6 +145,10 @@ type DecisionLog struct {
 	File string `yaml:"file"`
 	// Allows also logs permitted decisions (verbose; for audits and rollout).
 	Allows bool `yaml:"allows"`
+	// RateLimit is the most lines written per second (a burst of as many);
+	// lines over it are counted in a "suppressed" line. Default 1000; -1
+	// for no limit.
+	RateLimit int `yaml:"rate_limit"`
 }
 
 // OptDuration is a duration that may also be "off" (zero, and Set).
@@ -207,6 +211,8 @@ const (
 	DefaultEvalTimeout = 100 * time.Millisecond
 	DefaultCacheSize   = 100_000
 	DefaultCacheTTL    = time.Minute
+	// DefaultDecisionLogRate bounds decision-log lines per second.
+	DefaultDecisionLogRate = 1000
 )
 
 // Load reads, parses and validates the file at path.
@@ -411,6 +417,12 @@ func validatePolicy(p *Policy, bad func(string, string, ...any)) {
 	}
 	if p.DecisionLog.File == "" {
 		p.DecisionLog.File = "stderr"
+	}
+	switch {
+	case p.DecisionLog.RateLimit == 0:
+		p.DecisionLog.RateLimit = DefaultDecisionLogRate
+	case p.DecisionLog.RateLimit < -1:
+		bad("policy.decision_log.rate_limit", "%d is negative; use lines per second, or -1 for no limit", p.DecisionLog.RateLimit)
 	}
 }
 

@@ -5,19 +5,38 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // DecisionLog writes one JSON line per denial, and per allow when asked.
-// It carries identity and topic, never credentials or payloads.
+// It carries identity and topic, never credentials or payloads. Lines are
+// rate limited, so a client hammering a forbidden topic cannot turn the
+// log into a disk or I/O flood; what was left out is counted in a
+// "suppressed" line once lines flow again.
 type DecisionLog struct {
-	mu     sync.Mutex
-	w      io.Writer
-	allows bool
+	mu         sync.Mutex
+	w          io.Writer
+	allows     bool
+	limit      *rate.Limiter // nil: every line is written
+	suppressed uint64
 }
 
-// NewDecisionLog logs to w; allows also logs permitted decisions.
-func NewDecisionLog(w io.Writer, allows bool) *DecisionLog {
-	return &DecisionLog{w: w, allows: allows}
+// NewDecisionLog logs to w; allows also logs permitted decisions. At most
+// perSecond lines are written per second (with a burst of as many); 0 or
+// less means no limit.
+func NewDecisionLog(w io.Writer, allows bool, perSecond int) *DecisionLog {
+	l := &DecisionLog{w: w, allows: allows}
+	if perSecond > 0 {
+		l.limit = rate.NewLimiter(rate.Limit(perSecond), perSecond)
+	}
+	return l
+}
+
+type suppressedLine struct {
+	Time       string `json:"time"`
+	Decision   string `json:"decision"`
+	Suppressed uint64 `json:"suppressed"`
 }
 
 type decisionLine struct {
@@ -41,8 +60,20 @@ type decisionLine struct {
 }
 
 func (l *DecisionLog) write(s *Subject, r *Request, rev, verdict, reason string, err error) {
+	l.mu.Lock()
+	if l.limit != nil && !l.limit.Allow() {
+		// Over the limit: count, without building the line.
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	suppressed := l.suppressed
+	l.suppressed = 0
+	l.mu.Unlock()
+
+	now := time.Now().UTC().Format(time.RFC3339Nano)
 	line := decisionLine{
-		Time: time.Now().UTC().Format(time.RFC3339Nano), Conn: s.ConnID,
+		Time: now, Conn: s.ConnID,
 		ClientID: s.Client.ID, Username: s.Client.Username, AuthMethod: s.Client.AuthMethod,
 		Address: s.Client.Address, Listener: s.Client.Listener,
 		Action: r.Action.String(), Decision: verdict, Reason: reason, Revision: rev,
@@ -54,11 +85,17 @@ func (l *DecisionLog) write(s *Subject, r *Request, rev, verdict, reason string,
 	if err != nil {
 		line.Error = err.Error()
 	}
+	var out []byte
+	if suppressed > 0 {
+		b, _ := json.Marshal(suppressedLine{Time: now, Decision: "suppressed", Suppressed: suppressed})
+		out = append(b, '\n')
+	}
 	b, jerr := json.Marshal(line)
 	if jerr != nil {
 		return
 	}
+	out = append(append(out, b...), '\n')
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	_, _ = l.w.Write(append(b, '\n'))
+	_, _ = l.w.Write(out)
 }

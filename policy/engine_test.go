@@ -220,7 +220,7 @@ func TestWatchReloads(t *testing.T) {
 
 func TestShadowMode(t *testing.T) {
 	var log bytes.Buffer
-	e := newEngine(t, allowT, Options{Mode: Shadow, Decisions: NewDecisionLog(&log, false)})
+	e := newEngine(t, allowT, Options{Mode: Shadow, Decisions: NewDecisionLog(&log, false, 0)})
 	s := certSubject("c")
 	d := e.Decide(s, &Request{Action: Publish, Topic: "x", QoS: 1})
 	if !d.Allow || !d.Denied {
@@ -240,7 +240,7 @@ func TestShadowMode(t *testing.T) {
 
 func TestDecisionLog(t *testing.T) {
 	var log bytes.Buffer
-	e := newEngine(t, allowT, Options{Decisions: NewDecisionLog(&log, true)})
+	e := newEngine(t, allowT, Options{Decisions: NewDecisionLog(&log, true, 0)})
 	s := certSubject("c")
 	e.Decide(s, &Request{Action: Publish, Topic: "t"})
 	e.Decide(s, &Request{Action: Subscribe, Topic: "x", Shared: true, ShareGroup: "g"})
@@ -344,5 +344,24 @@ func TestCacheBounded(t *testing.T) {
 	}
 	if d := e.Decide(s, &Request{Action: Publish, Topic: "t"}); d.Cached {
 		t.Fatal("the oldest entry was not evicted")
+	}
+}
+
+// A flood of denials is rate limited in the log and counted.
+func TestDecisionLogLimit(t *testing.T) {
+	var log bytes.Buffer
+	e := newEngine(t, allowT, Options{Decisions: NewDecisionLog(&log, false, 5)})
+	s := certSubject("c")
+	for range 100 {
+		e.Decide(s, &Request{Action: Publish, Topic: "x"})
+	}
+	if n := strings.Count(log.String(), "\n"); n != 5 {
+		t.Fatalf("%d lines for 100 denials at 5/s", n)
+	}
+	time.Sleep(250 * time.Millisecond) // a token comes back
+	e.Decide(s, &Request{Action: Publish, Topic: "x"})
+	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	if len(lines) != 7 || !strings.Contains(lines[5], `"suppressed":95`) {
+		t.Fatalf("after the flood:\n%s", log.String())
 	}
 }

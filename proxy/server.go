@@ -125,7 +125,7 @@ func (s *Server) loadPolicy() error {
 		w, s.decisions = f, f
 	}
 	if w != nil {
-		opts.Decisions = policy.NewDecisionLog(w, pc.DecisionLog.Allows)
+		opts.Decisions = policy.NewDecisionLog(w, pc.DecisionLog.Allows, pc.DecisionLog.RateLimit)
 	}
 	eng, err := policy.New(opts)
 	if err != nil {
