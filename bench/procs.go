@@ -220,6 +220,7 @@ func startMoat(dir, bin, certFile, keyFile, upstream, tlsAddr, plainAddr, policy
     address: "%s"
     transport: tcp
 upstream: {address: "%s"}
+auth: {anonymous: true}
 limits: {max_packet_size: 1MiB}
 %s
 shutdown: {drain_timeout: 2s}

@@ -95,7 +95,7 @@ func goroutinesPerConn(s *setup, r *results) error {
 		if transport == "tls" {
 			l.TLS = &config.ServerTLS{CertFile: s.cert, KeyFile: s.key}
 		}
-		cfg := &config.Config{Listeners: []config.Listener{l}, Upstream: config.Upstream{Address: s.brokerAd},
+		cfg := &config.Config{Listeners: []config.Listener{l}, Upstream: config.Upstream{Address: s.brokerAd}, Auth: config.Auth{Anonymous: true},
 			Policy: &config.Policy{Mode: config.ModeAllowAll}}
 		if err := cfg.Validate(); err != nil {
 			return err

@@ -26,6 +26,9 @@ type Config struct {
 	Upstream Upstream `yaml:"upstream"`
 	// Limits bound what one client may cost.
 	Limits Limits `yaml:"limits"`
+	// Auth decides who clients are. Anonymous clients are refused unless
+	// allowed here.
+	Auth Auth `yaml:"auth"`
 	// Policy decides what clients may do. Required: moat denies by default.
 	Policy *Policy `yaml:"policy"`
 	// Shutdown controls graceful shutdown on SIGTERM and SIGINT.
@@ -99,6 +102,30 @@ type Limits struct {
 	// WriteTimeout is how long a write to a peer may block before the
 	// connection is cut (a client that stops reading). Default 30s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+}
+
+// Auth configures authentication.
+type Auth struct {
+	// Anonymous admits clients that present no credential a method takes
+	// (policy input auth_method "anonymous"). Default false.
+	Anonymous bool `yaml:"anonymous"`
+	// Methods in the order they are tried: certificate, password. The
+	// first one whose credential the client presented decides. Default:
+	// certificate, then password when password_file is set.
+	Methods []string `yaml:"methods"`
+	// PasswordFile is a Mosquitto-format password file (mosquitto_passwd's
+	// $7$ and $6$ hashes, or argon2id/bcrypt from `moat passwd`).
+	PasswordFile string `yaml:"password_file"`
+	// Certificate says which field of a verified client certificate names
+	// the client.
+	Certificate CertAuth `yaml:"certificate"`
+}
+
+// CertAuth configures certificate identities.
+type CertAuth struct {
+	// Identity is common_name (default), dns_san, uri_san (SPIFFE ids) or
+	// fingerprint (SHA-256 of the certificate, hex).
+	Identity string `yaml:"identity"`
 }
 
 // Policy selects how decisions are made.
@@ -246,7 +273,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
-	"config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
+	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -353,6 +380,8 @@ func (c *Config) Validate() error {
 	c.Limits.ConnectTimeout = positiveDuration(c.Limits.ConnectTimeout, DefaultConnectTimeout, "limits.connect_timeout", bad)
 	c.Limits.WriteTimeout = positiveDuration(c.Limits.WriteTimeout, DefaultWriteTimeout, "limits.write_timeout", bad)
 
+	validateAuth(c, bad)
+
 	if c.Policy == nil {
 		bad("policy", "missing. moat denies by default and will not start without a policy; "+
 			"to forward every well-formed packet (testing only) set `policy: {mode: allow_all}`")
@@ -377,6 +406,39 @@ func (c *Config) Validate() error {
 		bad("log.format", "%q is not a format; use json or text", c.Log.Format)
 	}
 	return errors.Join(errs...)
+}
+
+func validateAuth(c *Config, bad func(string, string, ...any)) {
+	a := &c.Auth
+	checkFile("auth.password_file", a.PasswordFile, bad)
+	for i, m := range a.Methods {
+		switch m {
+		case "certificate":
+		case "password":
+			if a.PasswordFile == "" {
+				bad(fmt.Sprintf("auth.methods[%d]", i), "password needs auth.password_file")
+			}
+		default:
+			bad(fmt.Sprintf("auth.methods[%d]", i), "%q is not a method; use certificate or password", m)
+		}
+	}
+	switch a.Certificate.Identity {
+	case "":
+		a.Certificate.Identity = "common_name"
+	case "common_name", "dns_san", "uri_san", "fingerprint":
+	default:
+		bad("auth.certificate.identity", "%q: use common_name, dns_san, uri_san or fingerprint", a.Certificate.Identity)
+	}
+	certs := false
+	for _, l := range c.Listeners {
+		if l.TLS != nil && l.TLS.ClientCAFile != "" && l.TLS.ClientAuth != "none" && l.TLS.ClientAuth != "request" {
+			certs = true
+		}
+	}
+	if !a.Anonymous && a.PasswordFile == "" && !certs && len(c.Listeners) > 0 {
+		bad("auth", "no client can get in: set auth.password_file, give a listener client_ca_file with client_auth "+
+			"verify_if_given or require, or allow anonymous clients with auth.anonymous: true")
+	}
 }
 
 func validatePolicy(p *Policy, bad func(string, string, ...any)) {

@@ -50,7 +50,7 @@ func TestExampleConfig(t *testing.T) {
 }
 
 func TestWatchOff(t *testing.T) {
-	cfg, err := Parse([]byte("listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, watch_interval: off}\n"))
+	cfg, err := Parse([]byte("listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\nauth: {anonymous: true}\npolicy: {mode: allow_all, watch_interval: off}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,6 +63,7 @@ func TestDefaults(t *testing.T) {
 	cfg, err := Parse([]byte(`
 listeners: [{name: a, address: "127.0.0.1:1883"}]
 upstream: {address: "127.0.0.1:1884"}
+auth: {anonymous: true}
 policy: {mode: allow_all}
 `))
 	if err != nil {
@@ -110,6 +111,11 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"bad deny action", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, on_publish_deny: shrug}\n", "policy.on_publish_deny"},
 		{"bad watch interval", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, watch_interval: sometimes}\n", "sometimes"},
 		{"bad cache size", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {size: -5}}\n", "policy.cache.size"},
+		{"no way in", listener + base, "auth: no client can get in"},
+		{"password method without file", listener + base + "auth: {methods: [password]}\n", "auth.methods[0]: password needs"},
+		{"unknown method", listener + base + "auth: {anonymous: true, methods: [retina]}\n", "auth.methods[0]"},
+		{"password file missing", listener + base + "auth: {password_file: /nonexistent}\n", "auth.password_file"},
+		{"bad cert identity", listener + base + "auth: {anonymous: true, certificate: {identity: email}}\n", "auth.certificate.identity"},
 		{"unknown policy key", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {sise: 5}}\n", "policy.cache"},
 	}
 	for _, c := range cases {

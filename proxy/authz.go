@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"net"
 	"strconv"
 	"sync"
 
+	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/policy"
 )
@@ -44,23 +47,56 @@ type merge struct {
 	denied []bool
 }
 
+// verifiedCert is the client certificate the TLS handshake verified
+// against the listener's client CA, or nil.
+func (s *session) verifiedCert() *x509.Certificate {
+	if tc, ok := s.client.(*tls.Conn); ok {
+		if st := tc.ConnectionState(); len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
+			return st.VerifiedChains[0][0]
+		}
+	}
+	return nil
+}
+
+// authenticate establishes who the client is, or refuses it: MQTT 5
+// CONNACK 0x86 (bad username or password) or 0x87, 3.x return code 4 or
+// 5. The log names the address and method, never the secret.
+func (s *session) authenticate(c *codec.Connect) bool {
+	s.cert = s.verifiedCert()
+	cr := auth.Credentials{Username: c.Username, HasUsername: c.HasUsername, Password: c.Password, HasPassword: c.HasPassword, Cert: s.cert}
+	if c.HasPassword {
+		s.srv.authSem <- struct{}{}
+		defer func() { <-s.srv.authSem }()
+	}
+	id, err := s.srv.auth.Authenticate(&cr)
+	if err == nil {
+		s.ident = id
+		return true
+	}
+	s.logger().Info("authentication failed", "client_id", c.ClientID, "username", c.Username, "error", err.Error())
+	if errors.Is(err, auth.ErrBadCredentials) {
+		s.sendConnack(c.Version, codec.BadUsernameOrPassword, codec.ConnRefusedBadCredentials311)
+	} else {
+		s.sendConnack(c.Version, codec.NotAuthorized, codec.ConnRefusedNotAuthorized311)
+	}
+	return false
+}
+
 // newSubject describes the client to the policy from verified facts only:
-// the socket, the listener and a verified client certificate. The CONNECT
-// username is not an identity until a password or token vouches for it.
+// the socket, the listener, the verified certificate and the identity the
+// authentication established. An unchecked CONNECT username never
+// reaches the policy.
 func (s *session) newSubject(c *codec.Connect) *policy.Subject {
 	cl := policy.Client{
 		ID: c.ClientID, ProtocolVersion: int(c.Version), CleanStart: c.CleanStart, KeepAlive: c.KeepAlive,
-		Listener: s.lst.cfg.Name, Transport: s.lst.cfg.Transport, AuthMethod: "anonymous",
+		Listener: s.lst.cfg.Name, Transport: s.lst.cfg.Transport, AuthMethod: s.ident.Method, Username: s.ident.Username,
 	}
 	if host, port, err := net.SplitHostPort(s.client.RemoteAddr().String()); err == nil {
 		cl.Address = host
 		cl.Port, _ = strconv.Atoi(port)
 	}
-	if tc, ok := s.client.(*tls.Conn); ok {
-		if st := tc.ConnectionState(); len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
-			cl.Cert = policy.CertOf(st.VerifiedChains[0][0])
-			cl.AuthMethod = "certificate"
-		}
+	if s.cert != nil {
+		cl.Cert = policy.CertOf(s.cert)
 	}
 	return policy.NewSubject(s.id, cl)
 }

@@ -17,6 +17,7 @@ func newTestServer(t *testing.T, upstream string, mutate func(*config.Config)) *
 	cfg := &config.Config{
 		Listeners: []config.Listener{{Name: "mqtt", Address: "127.0.0.1:0"}},
 		Upstream:  config.Upstream{Address: upstream, DialTimeout: time.Second},
+		Auth:      config.Auth{Anonymous: true},
 		Policy:    &config.Policy{Mode: config.ModeAllowAll},
 		Limits:    config.Limits{ConnectTimeout: 2 * time.Second},
 		Shutdown:  config.Shutdown{DrainTimeout: 3 * time.Second},

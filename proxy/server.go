@@ -12,10 +12,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/policy"
 )
@@ -29,6 +31,8 @@ type Server struct {
 	listeners []*listener
 	parker    *parker // nil: idle pumps keep their goroutines
 
+	auth      *auth.Authenticator
+	authSem   chan struct{} // bounds concurrent password hashing (CPU and memory)
 	policy    *policy.Engine // nil in allow_all mode
 	decisions io.Closer      // the decision log file, if one was opened
 	stdout    io.Writer      // where decision_log.file "stdout" and "stderr" go
@@ -78,10 +82,39 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 		}
 		s.upstream = tc
 	}
+	if err := s.loadAuth(); err != nil {
+		return nil, err
+	}
 	if err := s.loadPolicy(); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// loadAuth reads the password file and sets up the methods.
+func (s *Server) loadAuth() error {
+	ac := s.cfg.Auth
+	cfg := auth.Config{Methods: ac.Methods, Anonymous: ac.Anonymous, CertIdentity: ac.Certificate.Identity}
+	if ac.PasswordFile != "" {
+		pw, err := auth.LoadPasswords(ac.PasswordFile)
+		if err != nil {
+			return fmt.Errorf("auth.password_file: %w", err)
+		}
+		cfg.Passwords = pw
+		s.log.Info("password file loaded", "file", ac.PasswordFile, "users", pw.Len())
+	}
+	a, err := auth.New(cfg)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	if ac.Anonymous {
+		s.log.Warn("anonymous clients are admitted (auth.anonymous: true)")
+	}
+	s.auth = a
+	// A password hash costs tens of milliseconds and, for argon2id, 19 MiB:
+	// at most two per core run at once, the rest wait their turn.
+	s.authSem = make(chan struct{}, 2*runtime.GOMAXPROCS(0))
+	return nil
 }
 
 // Option adjusts a Server.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/codec"
 )
 
@@ -91,6 +93,10 @@ type session struct {
 	clientMaxPacket int
 	// az is the policy state; nil in allow_all mode.
 	az *authz
+	// ident is who the client proved to be; cert is its verified
+	// certificate, if it presented one.
+	ident auth.Identity
+	cert  *x509.Certificate
 
 	pumps    atomic.Int32 // pumps still running
 	draining atomic.Bool
@@ -236,6 +242,9 @@ func (s *session) establish() error {
 		return errors.New("enhanced authentication is not supported")
 	}
 	s.version = c.Version
+	if !s.authenticate(c) {
+		return errors.New("authentication failed")
+	}
 	if s.srv.policy != nil && !s.authorizeConnect(c) {
 		return errors.New("connection not authorized")
 	}

@@ -66,6 +66,7 @@ func newEnvWithBroker(t testing.TB, broker *mqtttest.Broker, mutate func(*config
 			{Name: "mtls", Address: "127.0.0.1:0", Transport: "tls", TLS: srvTLS("require")},
 		},
 		Upstream: config.Upstream{Address: broker.Addr},
+		Auth:     config.Auth{Anonymous: true},
 		Policy:   &config.Policy{Mode: config.ModeAllowAll},
 		Limits:   config.Limits{ConnectTimeout: 2 * time.Second},
 		Shutdown: config.Shutdown{DrainTimeout: 2 * time.Second},

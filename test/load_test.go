@@ -4,11 +4,13 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/internal/loadgen"
@@ -70,20 +72,43 @@ func BenchmarkQoS1Publish(b *testing.B) {
 }
 
 // BenchmarkConnect is one client's CONNECT/CONNACK/DISCONNECT through
-// moat's plain listener, without a policy and with the plant policy (one
-// uncached connect decision per connection).
+// moat's plain listener: anonymous without a policy, anonymous with the
+// plant policy (one uncached connect decision per connection), and with a
+// password checked against an argon2id and a mosquitto_passwd ($7$) hash.
 //
-//	go test -run '^$' -bench Connect -benchtime 3000x -count 3 ./test
+//	go test -run '^$' -bench Connect -benchtime 2000x -count 3 ./test
 func BenchmarkConnect(b *testing.B) {
-	for _, pol := range []string{"allow_all", "plant"} {
-		b.Run(pol, func(b *testing.B) {
+	for _, mode := range []string{"anonymous", "plant", "argon2id", "mosquitto-pbkdf2"} {
+		b.Run(mode, func(b *testing.B) {
+			var user, pass string
 			e := newEnv(b, func(c *config.Config) {
-				if pol == "plant" {
+				switch mode {
+				case "plant":
 					c.Policy = plantForAnonymous(b)
+				case "argon2id", "mosquitto-pbkdf2":
+					path := filepath.Join(b.TempDir(), "passwd")
+					user, pass = "u", "bench-pw"
+					var err error
+					if mode == "argon2id" {
+						var h string
+						if h, err = auth.HashPassword([]byte(pass), auth.Argon2id); err == nil {
+							err = auth.SetPassword(path, user, h)
+						}
+					} else {
+						_, err = exec.Command("mosquitto_passwd", "-c", "-b", path, user, pass).CombinedOutput()
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					c.Auth = config.Auth{PasswordFile: path}
 				}
 			})
 			for i := 0; b.Loop(); i++ {
-				c, err := loadgen.Dial(e.plain, nil, fmt.Sprintf("sensor-c-%d", i), codec.V311)
+				con := &codec.Connect{Version: codec.V311, CleanStart: true, ClientID: fmt.Sprintf("sensor-c-%d", i), KeepAlive: 30}
+				if user != "" {
+					con.HasUsername, con.Username, con.HasPassword, con.Password = true, user, true, []byte(pass)
+				}
+				c, err := loadgen.DialConnect(e.plain, nil, con)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -4,6 +4,7 @@
 //	moat check-config --config FILE validate a configuration file
 //	moat policy test PATH...        run the Rego unit tests of a policy
 //	moat policy eval --policy PATH  decide one request, as the proxy would
+//	moat passwd FILE USER           set a password (from the terminal or stdin)
 //	moat certs [--dir DIR] [--client NAME ...]
 //	                                write a development PKI
 //	moat version                    print the version
@@ -39,6 +40,9 @@ Usage:
   moat policy test [-v] PATH...    run a policy's Rego unit tests (with moat's built-ins)
   moat policy eval --policy PATH [--action A --topic T --cn CN ...] [--input FILE]
                                    print the decision and reason for one request
+  moat passwd [--hash argon2id|bcrypt] [-D] FILE USER
+                                   set (or delete) a user's password in a password file;
+                                   the password is read from the terminal or stdin
   moat certs [--dir DIR] [--client NAME]...
                                    write a dev CA, server and client certificates
   moat version                     print the version
@@ -66,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 		err = cmdCerts(args[1:], stdout, stderr)
 	case "policy":
 		err = cmdPolicy(args[1:], stdout, stderr)
+	case "passwd":
+		err = cmdPasswd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "moat", versionString())
 		return 0

@@ -60,7 +60,7 @@ func TestCerts(t *testing.T) {
 func TestCheckConfig(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
-	os.WriteFile(good, []byte("listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all}\n"), 0o644)
+	os.WriteFile(good, []byte("listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\nauth: {anonymous: true}\npolicy: {mode: allow_all}\n"), 0o644)
 	if code, out, errs := runCmd("check-config", "--config", good); code != 0 || !strings.Contains(out, "OK") {
 		t.Fatalf("good config: %d %q %q", code, out, errs)
 	}
@@ -73,7 +73,7 @@ func TestCheckConfig(t *testing.T) {
 	junk := filepath.Join(dir, "junk.pem")
 	os.WriteFile(junk, []byte("not a certificate"), 0o600)
 	tlsCfg := filepath.Join(dir, "tls.yaml")
-	os.WriteFile(tlsCfg, []byte("listeners: [{name: a, address: \"127.0.0.1:8883\", transport: tls, tls: {cert_file: "+junk+", key_file: "+junk+"}}]\nupstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all}\n"), 0o644)
+	os.WriteFile(tlsCfg, []byte("listeners: [{name: a, address: \"127.0.0.1:8883\", transport: tls, tls: {cert_file: "+junk+", key_file: "+junk+"}}]\nupstream: {address: \"127.0.0.1:1884\"}\nauth: {anonymous: true}\npolicy: {mode: allow_all}\n"), 0o644)
 	if code, _, errs := runCmd("check-config", "--config", tlsCfg); code != 1 || !strings.Contains(errs, "listener \"a\"") {
 		t.Fatalf("junk certificate: %d %q", code, errs)
 	}

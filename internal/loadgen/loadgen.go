@@ -25,6 +25,12 @@ type Client struct {
 
 // Dial connects, sends CONNECT for version v and waits for a successful CONNACK.
 func Dial(addr string, tc *tls.Config, id string, v codec.Version) (*Client, error) {
+	return DialConnect(addr, tc, &codec.Connect{Version: v, CleanStart: true, ClientID: id, KeepAlive: 300})
+}
+
+// DialConnect connects, sends con and waits for a successful CONNACK.
+func DialConnect(addr string, tc *tls.Config, con *codec.Connect) (*Client, error) {
+	v, id := con.Version, con.ClientID
 	d := &net.Dialer{Timeout: 10 * time.Second}
 	var (
 		conn net.Conn
@@ -39,7 +45,7 @@ func Dial(addr string, tc *tls.Config, id string, v codec.Version) (*Client, err
 		return nil, err
 	}
 	c := &Client{Conn: conn, R: codec.NewReader(conn, 0), W: bufio.NewWriterSize(conn, 32<<10), V: v}
-	if err := c.Send(&codec.Connect{Version: v, CleanStart: true, ClientID: id, KeepAlive: 300}, true); err != nil {
+	if err := c.Send(con, true); err != nil {
 		conn.Close()
 		return nil, err
 	}

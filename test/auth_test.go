@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/moat-mqtt/moat/auth"
+	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/internal/devpki"
+)
+
+// passwordFile writes a password file with mosquitto_passwd (Mosquitto's
+// own tool, $7$ hashes) and adds an argon2id user with moat's code.
+func passwordFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "passwd")
+	if out, err := exec.Command("mosquitto_passwd", "-c", "-b", path, "sensor-9", "nine").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd (Debian package mosquitto): %v %s", err, out)
+	}
+	h, err := auth.HashPassword([]byte("plant-pw"), auth.Argon2id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := auth.SetPassword(path, "dashboard-2", h); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func connect5(t *testing.T, addr string, tc *tls.Config, c *paho.Connect) byte {
+	t.Helper()
+	cl := paho5Client(t, addr, tc, c.ClientID, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := cl.Connect(ctx, c)
+	if ack == nil {
+		t.Fatalf("connect %s: %v", c.ClientID, err)
+	}
+	if ack.ReasonCode == 0 {
+		t.Cleanup(func() { cl.Disconnect(&paho.Disconnect{}) })
+	}
+	return ack.ReasonCode
+}
+
+func TestAuthentication(t *testing.T) {
+	pw := passwordFile(t)
+	e := newEnv(t, func(c *config.Config) {
+		c.Auth = config.Auth{PasswordFile: pw}
+		c.Policy = &config.Policy{Mode: config.ModeEnforce, Paths: []string{"../policies/plant"},
+			WatchInterval: config.OptDuration{Set: true}, DecisionLog: config.DecisionLog{File: "off"}}
+	})
+	t.Run("v5", func(t *testing.T) {
+		for _, c := range []struct {
+			name string
+			p    paho.Connect
+			want byte
+		}{
+			{"mosquitto_passwd hash", paho.Connect{ClientID: "sensor-9", UsernameFlag: true, Username: "sensor-9", PasswordFlag: true, Password: []byte("nine")}, 0},
+			{"argon2id hash", paho.Connect{ClientID: "dashboard-2", UsernameFlag: true, Username: "dashboard-2", PasswordFlag: true, Password: []byte("plant-pw")}, 0},
+			{"wrong password", paho.Connect{ClientID: "sensor-9b", UsernameFlag: true, Username: "sensor-9", PasswordFlag: true, Password: []byte("ten")}, byte(codec.BadUsernameOrPassword)},
+			{"unknown user", paho.Connect{ClientID: "x", UsernameFlag: true, Username: "mallory", PasswordFlag: true, Password: []byte("nine")}, byte(codec.BadUsernameOrPassword)},
+			{"anonymous", paho.Connect{ClientID: "anon"}, byte(codec.NotAuthorized)},
+			// Authenticated, but the plant policy binds the client id to the user.
+			{"client id of another", paho.Connect{ClientID: "dashboard-2", UsernameFlag: true, Username: "sensor-9", PasswordFlag: true, Password: []byte("nine")}, byte(codec.NotAuthorized)},
+		} {
+			c.p.CleanStart = true
+			if got := connect5(t, e.plain, nil, &c.p); got != c.want {
+				t.Errorf("%s: CONNACK 0x%02X, want 0x%02X", c.name, got, c.want)
+			}
+		}
+	})
+	t.Run("v311 and v31", func(t *testing.T) {
+		h, p := hostPort(t, e.plain)
+		for _, c := range []struct {
+			v, user, pass, want string
+		}{
+			{"mqttv311", "sensor-9", "ten", "bad user name or password"},
+			{"mqttv31", "sensor-9", "ten", "bad user name or password"},
+			{"mqttv311", "", "", "not authori"},
+		} {
+			args := []string{"-h", h, "-p", p, "-V", c.v, "-i", "sensor-9", "-t", "sensors/sensor-9/t", "-m", "m"}
+			if c.user != "" {
+				args = append(args, "-u", c.user, "-P", c.pass)
+			}
+			out, err := mosquittoTool(t, 10*time.Second, "mosquitto_pub", args...)
+			if err == nil || !strings.Contains(strings.ToLower(out), c.want) {
+				t.Errorf("%s %q: %v %s", c.v, c.user, err, out)
+			}
+		}
+		out, err := mosquittoTool(t, 10*time.Second, "mosquitto_pub", "-h", h, "-p", p, "-V", "mqttv31", "-i", "sensor-9",
+			"-u", "sensor-9", "-P", "nine", "-t", "sensors/sensor-9/t", "-m", "m", "-q", "1")
+		if err != nil {
+			t.Errorf("3.1 with the right password: %v %s", err, out)
+		}
+	})
+	t.Run("the policy sees the verified user", func(t *testing.T) {
+		c := paho5Client(t, e.plain, nil, "sensor-9", nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if ack, err := c.Connect(ctx, &paho.Connect{ClientID: "sensor-9", CleanStart: true, UsernameFlag: true, Username: "sensor-9", PasswordFlag: true, Password: []byte("nine")}); err != nil || ack.ReasonCode != 0 {
+			t.Fatalf("connect: %+v %v", ack, err)
+		}
+		defer c.Disconnect(&paho.Disconnect{})
+		if r, err := c.Publish(ctx, &paho.Publish{Topic: "sensors/sensor-9/temp", QoS: 1, Payload: []byte("1")}); err != nil || r.ReasonCode >= 0x80 {
+			t.Fatalf("own topic: %+v %v", r, err)
+		}
+		if r, _ := c.Publish(ctx, &paho.Publish{Topic: "sensors/sensor-1/temp", QoS: 1, Payload: []byte("1")}); r == nil || r.ReasonCode != byte(codec.NotAuthorized) {
+			t.Fatalf("another sensor's topic: %+v", r)
+		}
+	})
+	t.Run("certificates", func(t *testing.T) {
+		if _, err := devpki.Ensure(e.certs, "sensor-3"); err != nil {
+			t.Fatal(err)
+		}
+		if got := connect5(t, e.mtls, e.tlsConfig("sensor-3"), &paho.Connect{ClientID: "sensor-3", CleanStart: true}); got != 0 {
+			t.Errorf("certificate sensor-3: 0x%02X", got)
+		}
+		// A certificate from another CA fails the handshake.
+		other := t.TempDir()
+		if _, err := devpki.Ensure(other, "sensor-3"); err != nil {
+			t.Fatal(err)
+		}
+		cert, key := devpki.ClientFiles(other, "sensor-3")
+		kp, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := &tls.Config{RootCAs: e.pool, ServerName: "localhost", Certificates: []tls.Certificate{kp}}
+		conn, err := tls.Dial("tcp", e.mtls, tc)
+		if err == nil {
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = conn.Read(make([]byte, 1)) // TLS 1.3: the server's verdict arrives after the client's Finished
+			conn.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Errorf("certificate from another CA: %v", err)
+		}
+	})
+}
