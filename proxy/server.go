@@ -32,7 +32,7 @@ type Server struct {
 	parker    *parker // nil: idle pumps keep their goroutines
 
 	auth      *auth.Authenticator
-	authSem   chan struct{} // bounds concurrent password hashing (CPU and memory)
+	authSem   chan struct{}  // bounds concurrent password hashing (CPU and memory)
 	policy    *policy.Engine // nil in allow_all mode
 	decisions io.Closer      // the decision log file, if one was opened
 	stdout    io.Writer      // where decision_log.file "stdout" and "stderr" go

@@ -101,9 +101,9 @@ func quickStart(stdout io.Writer) (*config.Config, func(), error) {
 		Upstream: config.Upstream{Address: brokerAddr},
 		// The quick start listens on loopback only and has no accounts
 		// yet: anonymous clients, confined by the quick start policy.
-		Auth: config.Auth{Anonymous: true},
-		Policy:   &config.Policy{Mode: config.ModeEnforce, Paths: []string{quickPol}},
-		Log:      config.Log{Format: "text"},
+		Auth:   config.Auth{Anonymous: true},
+		Policy: &config.Policy{Mode: config.ModeEnforce, Paths: []string{quickPol}},
+		Log:    config.Log{Format: "text"},
 	}
 	if err := cfg.Validate(); err != nil {
 		broker.Close()
