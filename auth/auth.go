@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Methods.
@@ -63,7 +64,20 @@ type Config struct {
 	Passwords *Passwords
 	// CertIdentity is the certificate field that names the client.
 	CertIdentity string
+	// BindClientID ties client ids to identities: BindNone, BindIdentity or
+	// BindPrefix.
+	BindClientID string
 }
+
+// Client id bindings.
+const (
+	BindNone     = "none"
+	BindIdentity = "identity" // the client id is the identity
+	BindPrefix   = "prefix"   // the identity, or the identity, "-" and anything
+)
+
+// ErrClientID is a client id the identity may not use.
+var ErrClientID = errors.New("client id not allowed for this identity")
 
 // Authenticator checks credentials. Safe for concurrent use.
 type Authenticator struct {
@@ -79,6 +93,13 @@ func New(cfg Config) (*Authenticator, error) {
 	case FromCommonName, FromDNSSAN, FromURISAN, FromFingerprint:
 	default:
 		return nil, fmt.Errorf("certificate identity %q: use common_name, dns_san, uri_san or fingerprint", cfg.CertIdentity)
+	}
+	switch cfg.BindClientID {
+	case "":
+		cfg.BindClientID = BindNone
+	case BindNone, BindIdentity, BindPrefix:
+	default:
+		return nil, fmt.Errorf("client id binding %q: use none, identity or prefix", cfg.BindClientID)
 	}
 	if len(cfg.Methods) == 0 {
 		cfg.Methods = []string{Certificate}
@@ -130,6 +151,26 @@ func (a *Authenticator) Authenticate(c *Credentials) (Identity, error) {
 		return Identity{Method: Anonymous}, nil
 	}
 	return Identity{}, ErrNotAuthorized
+}
+
+// ClientID checks the client id a client asked for against its identity,
+// so that one principal cannot take over another's session by using its
+// client id. An empty id with clean start is assigned the identity
+// (returned as assigned); without clean start it is refused. Anonymous
+// clients have no identity to bind to and are not checked.
+func (a *Authenticator) ClientID(id Identity, clientID string, cleanStart bool) (assigned string, err error) {
+	if a.cfg.BindClientID == BindNone || id.Method == Anonymous {
+		return "", nil
+	}
+	switch {
+	case clientID == "" && cleanStart:
+		return id.Name, nil
+	case clientID == id.Name:
+		return "", nil
+	case a.cfg.BindClientID == BindPrefix && strings.HasPrefix(clientID, id.Name+"-"):
+		return "", nil
+	}
+	return "", fmt.Errorf("%w: %q may not use client id %q", ErrClientID, id.Name, clientID)
 }
 
 // certName is the configured identity field of a certificate: the first

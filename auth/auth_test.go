@@ -223,3 +223,38 @@ func FuzzParsePasswords(f *testing.F) {
 		}
 	})
 }
+
+func TestClientIDBinding(t *testing.T) {
+	sensor := Identity{Method: Certificate, Name: "sensor-1"}
+	for _, c := range []struct {
+		bind, id string
+		clean    bool
+		assigned string
+		ok       bool
+	}{
+		{BindNone, "anything", false, "", true},
+		{BindIdentity, "sensor-1", false, "", true},
+		{BindIdentity, "sensor-10", true, "", false}, // another device's id: takeover
+		{BindIdentity, "", true, "sensor-1", true},
+		{BindIdentity, "", false, "", false},
+		{BindPrefix, "sensor-1-backup", false, "", true},
+		{BindPrefix, "sensor-10", false, "", false},
+		{BindPrefix, "sensor-1", false, "", true},
+	} {
+		a, err := New(Config{BindClientID: c.bind})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assigned, err := a.ClientID(sensor, c.id, c.clean)
+		if (err == nil) != c.ok || assigned != c.assigned || (err != nil && !errors.Is(err, ErrClientID)) {
+			t.Errorf("%s %q clean=%v: %q %v", c.bind, c.id, c.clean, assigned, err)
+		}
+	}
+	a, _ := New(Config{BindClientID: BindIdentity, Anonymous: true})
+	if _, err := a.ClientID(Identity{Method: Anonymous}, "whatever", false); err != nil {
+		t.Errorf("anonymous: %v", err)
+	}
+	if _, err := New(Config{BindClientID: "loose"}); err == nil {
+		t.Error("unknown binding accepted")
+	}
+}

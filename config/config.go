@@ -119,6 +119,15 @@ type Auth struct {
 	// Certificate says which field of a verified client certificate names
 	// the client.
 	Certificate CertAuth `yaml:"certificate"`
+	// ClientID binds MQTT client ids to identities, against session
+	// takeover: none (default), identity (the client id must be the
+	// identity) or prefix (the identity, or the identity followed by "-").
+	ClientID ClientIDAuth `yaml:"client_id"`
+}
+
+// ClientIDAuth configures client id binding.
+type ClientIDAuth struct {
+	Bind string `yaml:"bind"`
 }
 
 // CertAuth configures certificate identities.
@@ -273,7 +282,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
-	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
+	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -421,6 +430,13 @@ func validateAuth(c *Config, bad func(string, string, ...any)) {
 		default:
 			bad(fmt.Sprintf("auth.methods[%d]", i), "%q is not a method; use certificate or password", m)
 		}
+	}
+	switch a.ClientID.Bind {
+	case "":
+		a.ClientID.Bind = "none"
+	case "none", "identity", "prefix":
+	default:
+		bad("auth.client_id.bind", "%q: use none, identity or prefix", a.ClientID.Bind)
 	}
 	switch a.Certificate.Identity {
 	case "":

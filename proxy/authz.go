@@ -71,6 +71,17 @@ func (s *session) authenticate(c *codec.Connect) bool {
 	id, err := s.srv.auth.Authenticate(&cr)
 	if err == nil {
 		s.ident = id
+		assigned, err := s.srv.auth.ClientID(id, c.ClientID, c.CleanStart)
+		if err != nil {
+			// Refused before the broker sees it: the session the id names
+			// stays with its owner.
+			s.logger().Info("client id refused", "client_id", c.ClientID, "identity", id.Name, "method", id.Method)
+			s.sendConnack(c.Version, codec.NotAuthorized, codec.ConnRefusedNotAuthorized311)
+			return false
+		}
+		if assigned != "" {
+			c.ClientID, s.assignedID = assigned, true
+		}
 		return true
 	}
 	s.logger().Info("authentication failed", "client_id", c.ClientID, "username", c.Username, "error", err.Error())

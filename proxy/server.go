@@ -94,7 +94,7 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 // loadAuth reads the password file and sets up the methods.
 func (s *Server) loadAuth() error {
 	ac := s.cfg.Auth
-	cfg := auth.Config{Methods: ac.Methods, Anonymous: ac.Anonymous, CertIdentity: ac.Certificate.Identity}
+	cfg := auth.Config{Methods: ac.Methods, Anonymous: ac.Anonymous, CertIdentity: ac.Certificate.Identity, BindClientID: ac.ClientID.Bind}
 	if ac.PasswordFile != "" {
 		pw, err := auth.LoadPasswords(ac.PasswordFile)
 		if err != nil {

@@ -95,8 +95,9 @@ type session struct {
 	az *authz
 	// ident is who the client proved to be; cert is its verified
 	// certificate, if it presented one.
-	ident auth.Identity
-	cert  *x509.Certificate
+	ident      auth.Identity
+	cert       *x509.Certificate
+	assignedID bool // moat gave the client its identity as client id
 
 	pumps    atomic.Int32 // pumps still running
 	draining atomic.Bool
@@ -273,9 +274,10 @@ func (s *session) establish() error {
 	s.uw = newPeerWriter(up, lim.WriteTimeout)
 
 	connectBytes := f.Bytes
-	sizeCap := !c.Properties.Has(codec.PropMaximumPacketSize) || int(c.Properties.MaximumPacketSize) > int(lim.MaxPacketSize)
-	noAlias := s.az != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0
-	if c.Version == codec.V5 && (sizeCap || noAlias) {
+	sizeCap := c.Version == codec.V5 && (!c.Properties.Has(codec.PropMaximumPacketSize) || int(c.Properties.MaximumPacketSize) > int(lim.MaxPacketSize))
+	noAlias := c.Version == codec.V5 && s.az != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0
+	if sizeCap || noAlias || s.assignedID {
+		// c carries the assigned client id already.
 		fwd := *c
 		if sizeCap {
 			// Ask the broker not to send this client more than moat
@@ -329,6 +331,15 @@ func (s *session) establish() error {
 		if !ack.Properties.Has(codec.PropMaximumPacketSize) || int(ack.Properties.MaximumPacketSize) > int(lim.MaxPacketSize) {
 			ack.Properties.Set(codec.PropMaximumPacketSize)
 			ack.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
+			connack = nil
+		}
+		if s.assignedID && ack.ReasonCode == 0 && !ack.Properties.Has(codec.PropAssignedClientID) {
+			// [MQTT-3.2.2-16] tell the client the id it was given.
+			ack.Properties.Set(codec.PropAssignedClientID)
+			ack.Properties.AssignedClientID = []byte(c.ClientID)
+			connack = nil
+		}
+		if connack == nil {
 			if connack, err = ack.Append(nil, codec.V5); err != nil {
 				return fmt.Errorf("re-encoding CONNACK: %w", err)
 			}

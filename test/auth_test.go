@@ -145,3 +145,45 @@ func TestAuthentication(t *testing.T) {
 		}
 	})
 }
+
+// Principal B connecting with A's client id would kick A off and take its
+// session: refused before the broker sees it, and A stays connected.
+func TestClientIDTakeover(t *testing.T) {
+	pw := passwordFile(t)
+	e := newEnv(t, func(c *config.Config) {
+		c.Auth = config.Auth{PasswordFile: pw, ClientID: config.ClientIDAuth{Bind: "identity"}}
+	})
+	victimRec := newReceived()
+	victim := paho5Client(t, e.plain, nil, "sensor-9", victimRec)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ack, err := victim.Connect(ctx, &paho.Connect{ClientID: "sensor-9", CleanStart: true, KeepAlive: 30,
+		UsernameFlag: true, Username: "sensor-9", PasswordFlag: true, Password: []byte("nine")}); err != nil || ack.ReasonCode != 0 {
+		t.Fatalf("victim: %+v %v", ack, err)
+	}
+	defer victim.Disconnect(&paho.Disconnect{})
+	sub5(t, victim, "ok/#", 1)
+
+	got := connect5(t, e.plain, nil, &paho.Connect{ClientID: "sensor-9", CleanStart: true,
+		UsernameFlag: true, Username: "dashboard-2", PasswordFlag: true, Password: []byte("plant-pw")})
+	if got != byte(codec.NotAuthorized) {
+		t.Fatalf("takeover: CONNACK 0x%02X, want 0x87", got)
+	}
+	// The victim's session is untouched: it still receives.
+	direct := paho5(t, e.broker.Addr, nil, "inside", nil)
+	pub5(t, direct, "ok/still-here", "yes", 1, false)
+	if m := victimRec.wait(t, 1, 10*time.Second); m[0].Topic != "ok/still-here" {
+		t.Fatalf("victim got %+v", m)
+	}
+	if strings.Contains(e.broker.Log(), "dashboard-2") {
+		t.Error("the broker saw the takeover attempt")
+	}
+
+	// An empty client id with clean start is given the identity.
+	c := paho5Client(t, e.plain, nil, "", nil)
+	ack, err := c.Connect(ctx, &paho.Connect{CleanStart: true, UsernameFlag: true, Username: "dashboard-2", PasswordFlag: true, Password: []byte("plant-pw")})
+	if err != nil || ack.ReasonCode != 0 || ack.Properties == nil || ack.Properties.AssignedClientID != "dashboard-2" {
+		t.Fatalf("assigned id: %+v %v", ack, err)
+	}
+	c.Disconnect(&paho.Disconnect{})
+}
