@@ -74,6 +74,24 @@ type Upstream struct {
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	// TLS, when set, makes moat speak TLS to the broker.
 	TLS *ClientTLS `yaml:"tls"`
+	// Credentials says what username and password the broker sees.
+	Credentials Credentials `yaml:"credentials"`
+}
+
+// Credentials configures what CONNECT carries to the broker.
+type Credentials struct {
+	// Mode is passthrough (default: the client's own), strip (none) or
+	// replace (moat's service account, so a broker with a single account
+	// can be fronted by per-device identities).
+	Mode string `yaml:"mode"`
+	// Username and PasswordFile are the service account for replace. The
+	// password is the file's first line, so it stays out of the config.
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	// IdentityAsUsername sends the verified identity (certificate name or
+	// checked username) as the username, so the broker's logs and ACLs
+	// see who the client really is.
+	IdentityAsUsername bool `yaml:"identity_as_username"`
 }
 
 // ClientTLS configures TLS from moat to the broker.
@@ -281,7 +299,7 @@ func Parse(data []byte) (*Config, error) {
 // yamlSections maps Go type names in YAML errors to the section they are.
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
-	"config.Upstream": "upstream", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
+	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
 	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
@@ -376,6 +394,23 @@ func (c *Config) Validate() error {
 				t.ServerName = host
 			}
 		}
+	}
+
+	cr := &c.Upstream.Credentials
+	switch cr.Mode {
+	case "":
+		cr.Mode = "passthrough"
+	case "passthrough", "strip":
+		if cr.Username != "" || cr.PasswordFile != "" {
+			bad("upstream.credentials", "username and password_file are only used with mode replace")
+		}
+	case "replace":
+		if cr.Username == "" {
+			bad("upstream.credentials.username", "required for mode replace: the broker account moat connects as")
+		}
+		checkFile("upstream.credentials.password_file", cr.PasswordFile, bad)
+	default:
+		bad("upstream.credentials.mode", "%q: use passthrough, strip or replace", cr.Mode)
 	}
 
 	switch {

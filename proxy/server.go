@@ -4,6 +4,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -27,6 +28,7 @@ type Server struct {
 	cfg      *config.Config
 	log      *slog.Logger
 	upstream *tls.Config // nil for plain TCP to the broker
+	svcPass  []byte      // the service account's password (upstream.credentials replace)
 
 	listeners []*listener
 	parker    *parker // nil: idle pumps keep their goroutines
@@ -84,6 +86,14 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 	}
 	if err := s.loadAuth(); err != nil {
 		return nil, err
+	}
+	if cr := cfg.Upstream.Credentials; cr.Mode == "replace" && cr.PasswordFile != "" {
+		data, err := os.ReadFile(cr.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.credentials.password_file: %w", err)
+		}
+		line, _, _ := bytes.Cut(data, []byte("\n"))
+		s.svcPass = bytes.TrimRight(line, "\r")
 	}
 	if err := s.loadPolicy(); err != nil {
 		return nil, err

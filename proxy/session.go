@@ -273,27 +273,9 @@ func (s *session) establish() error {
 	s.ur = codec.NewReader(up, int(lim.MaxPacketSize))
 	s.uw = newPeerWriter(up, lim.WriteTimeout)
 
-	connectBytes := f.Bytes
-	sizeCap := c.Version == codec.V5 && (!c.Properties.Has(codec.PropMaximumPacketSize) || int(c.Properties.MaximumPacketSize) > int(lim.MaxPacketSize))
-	noAlias := c.Version == codec.V5 && s.az != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0
-	if sizeCap || noAlias || s.assignedID {
-		// c carries the assigned client id already.
-		fwd := *c
-		if sizeCap {
-			// Ask the broker not to send this client more than moat
-			// accepts, so an oversized message is dropped by the broker
-			// rather than cutting the session here.
-			fwd.Properties.Set(codec.PropMaximumPacketSize)
-			fwd.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
-		}
-		if noAlias {
-			// Deliveries must name their topic: a delivery moat drops
-			// could otherwise set an alias the client never learns.
-			fwd.Properties.Clear(codec.PropTopicAliasMaximum)
-		}
-		if connectBytes, err = fwd.Append(nil, c.Version); err != nil {
-			return fmt.Errorf("re-encoding CONNECT: %w", err)
-		}
+	connectBytes, err := s.upstreamConnect(c, f.Bytes)
+	if err != nil {
+		return err
 	}
 	if err := s.uw.write(connectBytes, true); err != nil {
 		s.logger().Warn("upstream write failed", "error", err)
@@ -354,6 +336,54 @@ func (s *session) establish() error {
 	}
 	s.client.SetReadDeadline(time.Time{})
 	return nil
+}
+
+// upstreamConnect is the CONNECT the broker gets: the client's own bytes
+// when nothing needs to change, otherwise re-encoded with moat's changes.
+// c carries the assigned client id already.
+func (s *session) upstreamConnect(c *codec.Connect, orig []byte) ([]byte, error) {
+	lim := &s.srv.cfg.Limits
+	cred := &s.srv.cfg.Upstream.Credentials
+	fwd := *c
+	changed := s.assignedID
+	if c.Version == codec.V5 && (!c.Properties.Has(codec.PropMaximumPacketSize) || int(c.Properties.MaximumPacketSize) > int(lim.MaxPacketSize)) {
+		// Ask the broker not to send this client more than moat accepts,
+		// so an oversized message is dropped by the broker rather than
+		// cutting the session here.
+		fwd.Properties.Set(codec.PropMaximumPacketSize)
+		fwd.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
+		changed = true
+	}
+	if c.Version == codec.V5 && s.az != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0 {
+		// Deliveries must name their topic: a delivery moat drops could
+		// otherwise set an alias the client never learns.
+		fwd.Properties.Clear(codec.PropTopicAliasMaximum)
+		changed = true
+	}
+	switch cred.Mode {
+	case "strip":
+		fwd.HasUsername, fwd.Username, fwd.HasPassword, fwd.Password = false, "", false, nil
+		changed = changed || c.HasUsername || c.HasPassword
+	case "replace":
+		fwd.HasUsername, fwd.Username, fwd.HasPassword, fwd.Password = true, cred.Username, s.srv.svcPass != nil, s.srv.svcPass
+		changed = true
+	}
+	if cred.IdentityAsUsername && s.ident.Name != "" {
+		fwd.HasUsername, fwd.Username = true, s.ident.Name
+		changed = true
+	}
+	if c.Version != codec.V5 && fwd.HasPassword && !fwd.HasUsername {
+		// [MQTT-3.1.2-22] 3.1.1 has no password without a username.
+		fwd.HasPassword, fwd.Password = false, nil
+	}
+	if !changed {
+		return orig, nil
+	}
+	b, err := fwd.Append(nil, c.Version)
+	if err != nil {
+		return nil, fmt.Errorf("re-encoding CONNECT: %w", err)
+	}
+	return b, nil
 }
 
 func (s *session) dialUpstream() (net.Conn, error) {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/internal/devpki"
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 // passwordFile writes a password file with mosquitto_passwd (Mosquitto's
@@ -186,4 +188,58 @@ func TestClientIDTakeover(t *testing.T) {
 		t.Fatalf("assigned id: %+v %v", ack, err)
 	}
 	c.Disconnect(&paho.Disconnect{})
+}
+
+// What the broker sees of credentials: replaced by moat's service account,
+// stripped, or the client's own. Checked on the broker side, with a
+// Mosquitto password file that only knows the service account.
+func TestUpstreamCredentials(t *testing.T) {
+	dir := t.TempDir()
+	brokerPW := filepath.Join(dir, "broker-passwd")
+	for _, args := range [][]string{{"-c", "-b", brokerPW, "svc", "svc-secret"}, {"-b", brokerPW, "sensor-9", "svc-secret"}} {
+		if out, err := exec.Command("mosquitto_passwd", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_passwd: %v %s", err, out)
+		}
+	}
+	svcFile := filepath.Join(dir, "svc.pw")
+	if err := os.WriteFile(svcFile, []byte("svc-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clientPW := passwordFile(t)
+	for _, c := range []struct {
+		mode     string
+		identity bool
+		want     byte
+		logged   string
+	}{
+		{"replace", false, 0, "u'svc'"},
+		{"strip", false, byte(codec.NotAuthorized), ""},
+		{"passthrough", false, byte(codec.NotAuthorized), ""}, // the broker does not know sensor-9
+		{"passthrough", true, byte(codec.NotAuthorized), ""},  // nor as the identity
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			broker := mqtttest.Start(t, "allow_anonymous false\npassword_file "+brokerPW+"\n")
+			e := newEnvWithBroker(t, broker, func(cfg *config.Config) {
+				cfg.Auth = config.Auth{PasswordFile: clientPW}
+				cfg.Upstream.Credentials = config.Credentials{Mode: c.mode, IdentityAsUsername: c.identity}
+				if c.mode == "replace" {
+					cfg.Upstream.Credentials.Username, cfg.Upstream.Credentials.PasswordFile = "svc", svcFile
+				}
+			})
+			got := connect5(t, e.plain, nil, &paho.Connect{ClientID: "sensor-9", CleanStart: true,
+				UsernameFlag: true, Username: "sensor-9", PasswordFlag: true, Password: []byte("nine")})
+			if got != c.want {
+				t.Fatalf("CONNACK 0x%02X, want 0x%02X", got, c.want)
+			}
+			if c.logged != "" {
+				deadline := time.Now().Add(5 * time.Second)
+				for !strings.Contains(broker.Log(), c.logged) {
+					if time.Now().After(deadline) {
+						t.Fatalf("broker log does not show %s:\n%s", c.logged, broker.Log())
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		})
+	}
 }
