@@ -116,7 +116,7 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"unknown method", listener + base + "auth: {anonymous: true, methods: [retina]}\n", "auth.methods[0]"},
 		{"password file missing", listener + base + "auth: {password_file: /nonexistent}\n", "auth.password_file"},
 		{"bad cert identity", listener + base + "auth: {anonymous: true, certificate: {identity: email}}\n", "auth.certificate.identity"},
-		{"replace without username", listener + base + "auth: {anonymous: true}\nupstream: {address: \"127.0.0.1:1884\", credentials: {mode: replace}}\n", "upstream.credentials.username"},
+		{"replace without username", listener + "auth: {anonymous: true}\nupstream: {address: \"127.0.0.1:1884\", credentials: {mode: replace}}\npolicy: {mode: allow_all}\n", "upstream.credentials.username"},
 		{"strip with username", listener + "auth: {anonymous: true}\nupstream: {address: \"127.0.0.1:1884\", credentials: {mode: strip, username: x}}\npolicy: {mode: allow_all}\n", "only used with mode replace"},
 		{"bad credentials mode", listener + "auth: {anonymous: true}\nupstream: {address: \"127.0.0.1:1884\", credentials: {mode: forge}}\npolicy: {mode: allow_all}\n", "upstream.credentials.mode"},
 		{"bad client id binding", listener + base + "auth: {anonymous: true, client_id: {bind: loose}}\n", "auth.client_id.bind"},
