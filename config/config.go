@@ -137,10 +137,24 @@ type Auth struct {
 	// Certificate says which field of a verified client certificate names
 	// the client.
 	Certificate CertAuth `yaml:"certificate"`
+	// BruteForce bans source addresses and usernames after repeated
+	// failed logins.
+	BruteForce BruteForce `yaml:"brute_force"`
 	// ClientID binds MQTT client ids to identities, against session
 	// takeover: none (default), identity (the client id must be the
 	// identity) or prefix (the identity, or the identity followed by "-").
 	ClientID ClientIDAuth `yaml:"client_id"`
+}
+
+// BruteForce limits failed logins.
+type BruteForce struct {
+	// MaxFailures within Window bans the address (or username). Default
+	// 10; -1 disables.
+	MaxFailures int `yaml:"max_failures"`
+	// Window is the counting window. Default 1m.
+	Window time.Duration `yaml:"window"`
+	// Ban is how long a ban lasts. Default 5m.
+	Ban time.Duration `yaml:"ban"`
 }
 
 // ClientIDAuth configures client id binding.
@@ -300,7 +314,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
-	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
+	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -466,6 +480,14 @@ func validateAuth(c *Config, bad func(string, string, ...any)) {
 			bad(fmt.Sprintf("auth.methods[%d]", i), "%q is not a method; use certificate or password", m)
 		}
 	}
+	switch bf := &a.BruteForce; {
+	case bf.MaxFailures == 0:
+		bf.MaxFailures = 10
+	case bf.MaxFailures < -1:
+		bad("auth.brute_force.max_failures", "%d: use a number of failures, or -1 to disable", bf.MaxFailures)
+	}
+	a.BruteForce.Window = positiveDuration(a.BruteForce.Window, time.Minute, "auth.brute_force.window", bad)
+	a.BruteForce.Ban = positiveDuration(a.BruteForce.Ban, 5*time.Minute, "auth.brute_force.ban", bad)
 	switch a.ClientID.Bind {
 	case "":
 		a.ClientID.Bind = "none"

@@ -120,6 +120,7 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"strip with username", listener + "auth: {anonymous: true}\nupstream: {address: \"127.0.0.1:1884\", credentials: {mode: strip, username: x}}\npolicy: {mode: allow_all}\n", "only used with mode replace"},
 		{"bad credentials mode", listener + "auth: {anonymous: true}\nupstream: {address: \"127.0.0.1:1884\", credentials: {mode: forge}}\npolicy: {mode: allow_all}\n", "upstream.credentials.mode"},
 		{"bad client id binding", listener + base + "auth: {anonymous: true, client_id: {bind: loose}}\n", "auth.client_id.bind"},
+		{"bad brute force", listener + base + "auth: {anonymous: true, brute_force: {max_failures: -5}}\n", "auth.brute_force.max_failures"},
 		{"unknown policy key", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {sise: 5}}\n", "policy.cache"},
 	}
 	for _, c := range cases {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/codec"
@@ -63,6 +64,13 @@ func (s *session) verifiedCert() *x509.Certificate {
 // 5. The log names the address and method, never the secret.
 func (s *session) authenticate(c *codec.Connect) bool {
 	s.cert = s.verifiedCert()
+	if c.HasUsername {
+		if banned, until := s.srv.bansUser.Banned(c.Username); banned {
+			s.logger().Info("username banned after failed logins", "username", c.Username, "until", until.UTC().Format(time.RFC3339))
+			s.sendConnack(c.Version, codec.Banned, codec.ConnRefusedNotAuthorized311)
+			return false
+		}
+	}
 	cr := auth.Credentials{Username: c.Username, HasUsername: c.HasUsername, Password: c.Password, HasPassword: c.HasPassword, Cert: s.cert}
 	if c.HasPassword {
 		s.srv.authSem <- struct{}{}
@@ -70,6 +78,9 @@ func (s *session) authenticate(c *codec.Connect) bool {
 	}
 	id, err := s.srv.auth.Authenticate(&cr)
 	if err == nil {
+		if id.Method == auth.Password {
+			s.srv.bansUser.Forget(c.Username)
+		}
 		s.ident = id
 		assigned, err := s.srv.auth.ClientID(id, c.ClientID, c.CleanStart)
 		if err != nil {
@@ -85,6 +96,12 @@ func (s *session) authenticate(c *codec.Connect) bool {
 		return true
 	}
 	s.logger().Info("authentication failed", "client_id", c.ClientID, "username", c.Username, "error", err.Error())
+	if s.srv.bansAddr.Fail(hostOf(s.client.RemoteAddr())) {
+		s.logger().Warn("address banned after failed logins", "ban", s.srv.cfg.Auth.BruteForce.Ban.String())
+	}
+	if c.HasUsername && s.srv.bansUser.Fail(c.Username) {
+		s.logger().Warn("username banned after failed logins", "username", c.Username, "ban", s.srv.cfg.Auth.BruteForce.Ban.String())
+	}
 	if errors.Is(err, auth.ErrBadCredentials) {
 		s.sendConnack(c.Version, codec.BadUsernameOrPassword, codec.ConnRefusedBadCredentials311)
 	} else {

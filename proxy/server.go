@@ -21,6 +21,7 @@ import (
 	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/policy"
+	"github.com/moat-mqtt/moat/ratelimit"
 )
 
 // Server accepts clients on its listeners and proxies each to the upstream.
@@ -34,10 +35,12 @@ type Server struct {
 	parker    *parker // nil: idle pumps keep their goroutines
 
 	auth      *auth.Authenticator
-	authSem   chan struct{}  // bounds concurrent password hashing (CPU and memory)
-	policy    *policy.Engine // nil in allow_all mode
-	decisions io.Closer      // the decision log file, if one was opened
-	stdout    io.Writer      // where decision_log.file "stdout" and "stderr" go
+	authSem   chan struct{}   // bounds concurrent password hashing (CPU and memory)
+	bansAddr  *ratelimit.Bans // failed logins per source address; nil: off
+	bansUser  *ratelimit.Bans // failed logins per username
+	policy    *policy.Engine  // nil in allow_all mode
+	decisions io.Closer       // the decision log file, if one was opened
+	stdout    io.Writer       // where decision_log.file "stdout" and "stderr" go
 	stderr    io.Writer
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
@@ -121,6 +124,10 @@ func (s *Server) loadAuth() error {
 		s.log.Warn("anonymous clients are admitted (auth.anonymous: true)")
 	}
 	s.auth = a
+	if bf := ac.BruteForce; bf.MaxFailures > 0 {
+		s.bansAddr = ratelimit.NewBans(bf.MaxFailures, bf.Window, bf.Ban, 100_000)
+		s.bansUser = ratelimit.NewBans(bf.MaxFailures, bf.Window, bf.Ban, 100_000)
+	}
 	// A password hash costs tens of milliseconds and, for argon2id, 19 MiB:
 	// at most two per core run at once, the rest wait their turn.
 	s.authSem = make(chan struct{}, 2*runtime.GOMAXPROCS(0))
@@ -250,6 +257,11 @@ func (s *Server) acceptLoop(l *listener) {
 			continue
 		}
 		backoff = 0
+		if banned, _ := s.bansAddr.Banned(hostOf(conn.RemoteAddr())); banned {
+			// Before the TLS handshake: a banned address costs one accept.
+			conn.Close()
+			continue
+		}
 		if tc, ok := conn.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
@@ -260,6 +272,18 @@ func (s *Server) acceptLoop(l *listener) {
 		}
 		go sess.serve()
 	}
+}
+
+// hostOf is the IP of a connection's remote address: the key bans use.
+func hostOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
 }
 
 func (s *Server) track(sess *session) bool {

@@ -243,3 +243,62 @@ func TestUpstreamCredentials(t *testing.T) {
 		})
 	}
 }
+
+// Repeated failed logins ban the source address (refused before any
+// MQTT or TLS) and the username; bans expire.
+func TestBruteForceBans(t *testing.T) {
+	pw := passwordFile(t)
+	e := newEnv(t, func(c *config.Config) {
+		c.Auth = config.Auth{PasswordFile: pw, BruteForce: config.BruteForce{MaxFailures: 3, Window: time.Minute, Ban: 2 * time.Second}}
+	})
+	login := func(from, user, pass string) codec.Packet {
+		t.Helper()
+		c := mqtttest.DialRawFrom(t, from, e.plain)
+		c.V = codec.V5
+		c.SendPacket(&codec.Connect{Version: codec.V5, CleanStart: true, ClientID: user, KeepAlive: 30,
+			HasUsername: true, Username: user, HasPassword: true, Password: []byte(pass)})
+		p, err := c.Read(5 * time.Second)
+		if err != nil {
+			return nil // closed without an answer
+		}
+		return p
+	}
+	code := func(p codec.Packet) int {
+		if a, ok := p.(*codec.Connack); ok {
+			return int(a.ReasonCode)
+		}
+		return -1
+	}
+	// One username guessed from three addresses: the username is banned,
+	// even for its own right password, the addresses are not.
+	for _, from := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
+		if got := code(login(from, "sensor-9", "guess")); got != int(codec.BadUsernameOrPassword) {
+			t.Fatalf("wrong password from %s: %d", from, got)
+		}
+	}
+	if got := code(login("127.0.0.5", "sensor-9", "nine")); got != int(codec.Banned) {
+		t.Fatalf("banned username: %d, want 0x8A", got)
+	}
+	if got := code(login("127.0.0.2", "dashboard-2", "plant-pw")); got != 0 {
+		t.Fatalf("another user from a guessing address: %d", got)
+	}
+	// One address guessing three usernames: the address is banned and
+	// its connections are closed before CONNACK; others still get in.
+	for _, user := range []string{"u1", "u2", "u3"} {
+		login("127.0.0.6", user, "guess")
+	}
+	if p := login("127.0.0.6", "dashboard-2", "plant-pw"); p != nil {
+		t.Fatalf("banned address got %#v", p)
+	}
+	if got := code(login("127.0.0.7", "dashboard-2", "plant-pw")); got != 0 {
+		t.Fatalf("an innocent address: %d", got)
+	}
+	// Bans expire.
+	time.Sleep(2100 * time.Millisecond)
+	if got := code(login("127.0.0.6", "dashboard-2", "plant-pw")); got != 0 {
+		t.Fatalf("after the address ban: %d", got)
+	}
+	if got := code(login("127.0.0.8", "sensor-9", "nine")); got != 0 {
+		t.Fatalf("after the username ban: %d", got)
+	}
+}

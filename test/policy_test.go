@@ -334,17 +334,26 @@ func TestPolicyTopicAlias(t *testing.T) {
 	c2.ExpectDisconnect(codec.ProtocolError, 5*time.Second)
 }
 
-// subscribeLog returns the filters Mosquitto logged subscriptions to.
-func subscribeLog(e *env, client string) []string {
-	var out []string
-	for l := range strings.SplitSeq(e.broker.Log(), "\n") {
-		// "<time>: <client> <qos> <filter>" with log_type subscribe.
-		f := strings.Fields(l)
-		if len(f) == 4 && f[1] == client {
-			out = append(out, f[3])
+// subscribeLog returns the filters Mosquitto logged subscriptions to,
+// sorted, once there are want of them (it logs after it answers, so the
+// SUBACK may arrive first) or after a few seconds.
+func subscribeLog(e *env, client string, want int) []string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var out []string
+		for l := range strings.SplitSeq(e.broker.Log(), "\n") {
+			// "<time>: <client> <qos> <filter>" with log_type subscribe.
+			f := strings.Fields(l)
+			if len(f) == 4 && f[1] == client {
+				out = append(out, f[3])
+			}
 		}
+		if len(out) >= want || time.Now().After(deadline) {
+			slices.Sort(out)
+			return out
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return out
 }
 
 func TestPolicySubscribe(t *testing.T) {
@@ -362,7 +371,7 @@ func TestPolicySubscribe(t *testing.T) {
 		if want := []byte{1, 0x87, 2}; !slices.Equal(sa.Reasons, want) {
 			t.Fatalf("SUBACK %v, want %v", sa.Reasons, want)
 		}
-		if got := subscribeLog(e, "s5"); !slices.Equal(got, []string{"ok/a", "ok/b"}) {
+		if got := subscribeLog(e, "s5", 2); !slices.Equal(got, []string{"ok/a", "ok/b"}) {
 			t.Fatalf("broker saw subscriptions %v", got)
 		}
 		sa, _ = c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "#"}, {Topic: "$share/g/#"}, {Topic: "$SYS/#"}}})
@@ -386,9 +395,7 @@ func TestPolicySubscribe(t *testing.T) {
 		if res["ok/c"] != 1 || res["secret/#"] != 0x80 || res["ok/d"] != 0 {
 			t.Fatalf("SUBACK %v", res)
 		}
-		got := subscribeLog(e, "s3")
-		slices.Sort(got)
-		if !slices.Equal(got, []string{"ok/c", "ok/d"}) {
+		if got := subscribeLog(e, "s3", 2); !slices.Equal(got, []string{"ok/c", "ok/d"}) {
 			t.Fatalf("broker saw subscriptions %v", got)
 		}
 		wait3(t, c.Unsubscribe("secret/#"), "unsubscribe denied")

@@ -46,6 +46,19 @@ func DialRaw(t testing.TB, addr string, tc *tls.Config) *Raw {
 	return &Raw{t: t, Conn: c, r: codec.NewReader(c, 0), V: codec.V311}
 }
 
+// DialRawFrom connects to addr from the local address from (e.g.
+// "127.0.0.2", another loopback address), for tests of per-address limits.
+func DialRawFrom(t testing.TB, from, addr string) *Raw {
+	t.Helper()
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, from, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &Raw{t: t, Conn: c, r: codec.NewReader(c, 0), V: codec.V311}
+}
+
 // Send writes raw bytes.
 func (r *Raw) Send(b []byte) {
 	r.t.Helper()
