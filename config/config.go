@@ -60,6 +60,10 @@ type ServerTLS struct {
 	ClientCAFile string `yaml:"client_ca_file"`
 	// ClientAuth is none (default), request, verify_if_given or require.
 	ClientAuth string `yaml:"client_auth"`
+	// CRLFile holds certificate revocation lists (PEM or DER), each
+	// signed by a CA of ClientCAFile; a revoked client certificate fails
+	// the handshake. Read at start.
+	CRLFile string `yaml:"crl_file"`
 	// MinVersion is "1.2" (default) or "1.3".
 	MinVersion string `yaml:"min_version"`
 	// HandshakeTimeout bounds the TLS handshake. Default 10s.
@@ -571,6 +575,10 @@ func validateServerTLS(t *ServerTLS, f string, bad func(string, string, ...any))
 	checkFile(f+".cert_file", t.CertFile, bad)
 	checkFile(f+".key_file", t.KeyFile, bad)
 	checkFile(f+".client_ca_file", t.ClientCAFile, bad)
+	checkFile(f+".crl_file", t.CRLFile, bad)
+	if t.CRLFile != "" && t.ClientCAFile == "" {
+		bad(f+".crl_file", "needs client_ca_file: the CA that signed the CRL")
+	}
 	switch t.ClientAuth {
 	case "":
 		t.ClientAuth = "none"

@@ -302,3 +302,42 @@ func TestBruteForceBans(t *testing.T) {
 		t.Fatalf("after the username ban: %d", got)
 	}
 }
+
+// A revoked client certificate fails the TLS handshake; others still pass.
+func TestRevokedCertificate(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		for i := range c.Listeners {
+			if l := &c.Listeners[i]; l.Name == "mtls" {
+				dir := filepath.Dir(l.TLS.ClientCAFile) // the env's dev PKI
+				if _, err := devpki.Ensure(dir, "sensor-1", "sensor-2"); err != nil {
+					t.Fatal(err)
+				}
+				crl, err := devpki.Revoke(dir, "sensor-2")
+				if err != nil {
+					t.Fatal(err)
+				}
+				l.TLS.CRLFile = crl
+			}
+		}
+	})
+	handshake := func(name string) error {
+		conn, err := tls.Dial("tcp", e.mtls, e.tlsConfig(name))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		// TLS 1.3: the server's verdict on the client certificate arrives
+		// after the client's Finished; send CONNECT and read the answer.
+		b, _ := (&codec.Connect{Version: codec.V311, CleanStart: true, ClientID: name, KeepAlive: 30}).Append(nil, codec.V311)
+		conn.Write(b)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = conn.Read(make([]byte, 4))
+		return err
+	}
+	if err := handshake("sensor-1"); err != nil {
+		t.Fatalf("valid certificate: %v", err)
+	}
+	if err := handshake("sensor-2"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("revoked certificate: %v", err)
+	}
+}

@@ -151,3 +151,42 @@ func writePair(der []byte, key *ecdsa.PrivateKey, certPath, keyPath string) erro
 	}
 	return os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
+
+// CRL is the revocation list Revoke writes.
+const CRL = "crl.pem"
+
+// Revoke writes dir/crl.pem, signed by the dev CA, revoking the client
+// certificates of names (which must exist), and returns its path.
+func Revoke(dir string, names ...string) (string, error) {
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, CACert), filepath.Join(dir, CAKey))
+	if err != nil {
+		return "", fmt.Errorf("loading dev CA: %w", err)
+	}
+	caCert, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil {
+		return "", err
+	}
+	tmpl := &x509.RevocationList{Number: serial(), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(7 * 24 * time.Hour)}
+	for _, n := range names {
+		certPath, _ := ClientFiles(dir, n)
+		data, err := os.ReadFile(certPath)
+		if err != nil {
+			return "", err
+		}
+		b, _ := pem.Decode(data)
+		if b == nil {
+			return "", fmt.Errorf("%s: not PEM", certPath)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return "", err
+		}
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now()})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, caCert, ca.PrivateKey.(crypto.Signer))
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, CRL)
+	return path, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644)
+}
