@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Methods.
@@ -37,9 +38,11 @@ var (
 
 // Identity is who a client proved to be.
 type Identity struct {
-	Method   string // Anonymous, Password or Certificate
-	Name     string // the verified name: the username, or the certificate's configured field
-	Username string // set by Password (and token) methods only
+	Method   string         // Anonymous, Password, JWTMethod or Certificate
+	Name     string         // the verified name: the username, the token's subject, or the certificate's configured field
+	Username string         // set by the password and token methods only
+	Claims   map[string]any // a verified token's claims
+	Expires  time.Time      // when a token stops being valid (plus leeway); zero: never
 }
 
 // Credentials are what a client presents: CONNECT's fields and the leaf
@@ -62,6 +65,8 @@ type Config struct {
 	Anonymous bool
 	// Passwords is the loaded password file, nil if none.
 	Passwords *Passwords
+	// JWT verifies tokens in the password field, nil if not used.
+	JWT *JWT
 	// CertIdentity is the certificate field that names the client.
 	CertIdentity string
 	// BindClientID ties client ids to identities: BindNone, BindIdentity or
@@ -101,21 +106,33 @@ func New(cfg Config) (*Authenticator, error) {
 	default:
 		return nil, fmt.Errorf("client id binding %q: use none, identity or prefix", cfg.BindClientID)
 	}
+	if cfg.JWT != nil {
+		if err := cfg.JWT.init(); err != nil {
+			return nil, err
+		}
+	}
 	if len(cfg.Methods) == 0 {
 		cfg.Methods = []string{Certificate}
+		if cfg.JWT != nil {
+			cfg.Methods = append(cfg.Methods, JWTMethod)
+		}
 		if cfg.Passwords != nil {
 			cfg.Methods = append(cfg.Methods, Password)
 		}
 	}
 	for _, m := range cfg.Methods {
 		switch m {
+		case JWTMethod:
+			if cfg.JWT == nil {
+				return nil, errors.New("method jwt needs a jwt section (jwks_file or jwks_url, issuer, audience)")
+			}
 		case Certificate:
 		case Password:
 			if cfg.Passwords == nil {
 				return nil, errors.New("method password needs a password file")
 			}
 		default:
-			return nil, fmt.Errorf("method %q: use certificate or password", m)
+			return nil, fmt.Errorf("method %q: use certificate, jwt or password", m)
 		}
 	}
 	return &Authenticator{cfg: cfg}, nil
@@ -137,6 +154,16 @@ func (a *Authenticator) Authenticate(c *Credentials) (Identity, error) {
 				return Identity{}, fmt.Errorf("%w: the certificate has no %s", ErrNotAuthorized, a.cfg.CertIdentity)
 			}
 			return Identity{Method: Certificate, Name: name}, nil
+		case JWTMethod:
+			if !c.HasPassword || !looksLikeJWT(c.Password) {
+				continue
+			}
+			id, claims, exp, err := a.cfg.JWT.verify(c.Password, c)
+			if err != nil {
+				return Identity{}, err
+			}
+			id.Claims, id.Expires = claims, exp
+			return id, nil
 		case Password:
 			if !c.HasUsername || !c.HasPassword {
 				continue

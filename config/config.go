@@ -141,6 +141,8 @@ type Auth struct {
 	// Certificate says which field of a verified client certificate names
 	// the client.
 	Certificate CertAuth `yaml:"certificate"`
+	// JWT verifies a JWT given in CONNECT's password field.
+	JWT *JWTAuth `yaml:"jwt"`
 	// BruteForce bans source addresses and usernames after repeated
 	// failed logins.
 	BruteForce BruteForce `yaml:"brute_force"`
@@ -159,6 +161,36 @@ type BruteForce struct {
 	Window time.Duration `yaml:"window"`
 	// Ban is how long a ban lasts. Default 5m.
 	Ban time.Duration `yaml:"ban"`
+}
+
+// JWTAuth configures token authentication.
+type JWTAuth struct {
+	// JWKSFile or JWKSURL (https://) hold the verification keys.
+	JWKSFile string `yaml:"jwks_file"`
+	JWKSURL  string `yaml:"jwks_url"`
+	// JWKSCAFile verifies the JWKS server; default the system roots.
+	JWKSCAFile string `yaml:"jwks_ca_file"`
+	// Issuer and Audience must match "iss" and one of "aud". Required.
+	Issuer   string `yaml:"issuer"`
+	Audience string `yaml:"audience"`
+	// Algorithms accepted; default RS256, ES256, EdDSA. HS256 only with
+	// HS256SecretFile.
+	Algorithms      []string `yaml:"algorithms"`
+	HS256SecretFile string   `yaml:"hs256_secret_file"`
+	// Leeway for exp, nbf and iat. Default 30s.
+	Leeway time.Duration `yaml:"leeway"`
+	// UsernameClaim is the claim that names the client. Default "sub".
+	UsernameClaim string `yaml:"username_claim"`
+	// MatchUsername requires CONNECT's username to equal that claim.
+	MatchUsername bool `yaml:"match_username"`
+	// Refresh and MinRefresh pace fetches of JWKSURL: every Refresh
+	// (default 1h), and for an unknown key id at most every MinRefresh
+	// (default 30s).
+	Refresh    time.Duration `yaml:"refresh"`
+	MinRefresh time.Duration `yaml:"min_refresh"`
+	// OnExpiry is what happens when a connection's token expires:
+	// disconnect (default; MQTT 5 DISCONNECT 0x87) or ignore.
+	OnExpiry string `yaml:"on_expiry"`
 }
 
 // ClientIDAuth configures client id binding.
@@ -318,7 +350,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
-	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
+	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -473,15 +505,43 @@ func (c *Config) Validate() error {
 func validateAuth(c *Config, bad func(string, string, ...any)) {
 	a := &c.Auth
 	checkFile("auth.password_file", a.PasswordFile, bad)
+	if j := a.JWT; j != nil {
+		if (j.JWKSFile == "") == (j.JWKSURL == "") && j.HS256SecretFile == "" {
+			bad("auth.jwt", "set one of jwks_file or jwks_url")
+		}
+		if j.JWKSURL != "" && !strings.HasPrefix(j.JWKSURL, "https://") {
+			bad("auth.jwt.jwks_url", "%q: must be https://", j.JWKSURL)
+		}
+		if j.Issuer == "" {
+			bad("auth.jwt.issuer", "required: the \"iss\" your identity provider writes")
+		}
+		if j.Audience == "" {
+			bad("auth.jwt.audience", "required: the \"aud\" tokens for this moat carry, so tokens for other services do not open it")
+		}
+		for field, path := range map[string]string{"jwks_file": j.JWKSFile, "jwks_ca_file": j.JWKSCAFile, "hs256_secret_file": j.HS256SecretFile} {
+			checkFile("auth.jwt."+field, path, bad)
+		}
+		switch j.OnExpiry {
+		case "":
+			j.OnExpiry = "disconnect"
+		case "disconnect", "ignore":
+		default:
+			bad("auth.jwt.on_expiry", "%q: use disconnect or ignore", j.OnExpiry)
+		}
+	}
 	for i, m := range a.Methods {
 		switch m {
+		case "jwt":
+			if a.JWT == nil {
+				bad(fmt.Sprintf("auth.methods[%d]", i), "jwt needs the auth.jwt section")
+			}
 		case "certificate":
 		case "password":
 			if a.PasswordFile == "" {
 				bad(fmt.Sprintf("auth.methods[%d]", i), "password needs auth.password_file")
 			}
 		default:
-			bad(fmt.Sprintf("auth.methods[%d]", i), "%q is not a method; use certificate or password", m)
+			bad(fmt.Sprintf("auth.methods[%d]", i), "%q is not a method; use certificate, jwt or password", m)
 		}
 	}
 	switch bf := &a.BruteForce; {
@@ -512,8 +572,8 @@ func validateAuth(c *Config, bad func(string, string, ...any)) {
 			certs = true
 		}
 	}
-	if !a.Anonymous && a.PasswordFile == "" && !certs && len(c.Listeners) > 0 {
-		bad("auth", "no client can get in: set auth.password_file, give a listener client_ca_file with client_auth "+
+	if !a.Anonymous && a.PasswordFile == "" && a.JWT == nil && !certs && len(c.Listeners) > 0 {
+		bad("auth", "no client can get in: set auth.password_file or auth.jwt, give a listener client_ca_file with client_auth "+
 			"verify_if_given or require, or allow anonymous clients with auth.anonymous: true")
 	}
 }

@@ -121,6 +121,10 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"bad credentials mode", listener + "auth: {anonymous: true}\nupstream: {address: \"127.0.0.1:1884\", credentials: {mode: forge}}\npolicy: {mode: allow_all}\n", "upstream.credentials.mode"},
 		{"bad client id binding", listener + base + "auth: {anonymous: true, client_id: {bind: loose}}\n", "auth.client_id.bind"},
 		{"bad brute force", listener + base + "auth: {anonymous: true, brute_force: {max_failures: -5}}\n", "auth.brute_force.max_failures"},
+		{"jwt without keys", listener + base + "auth: {jwt: {issuer: i, audience: a}}\n", "auth.jwt: set one of"},
+		{"jwt without audience", listener + base + "auth: {jwt: {jwks_url: \"https://idp/jwks\", issuer: i}}\n", "auth.jwt.audience: required"},
+		{"jwt over http", listener + base + "auth: {jwt: {jwks_url: \"http://idp/jwks\", issuer: i, audience: a}}\n", "must be https"},
+		{"jwt bad expiry action", listener + base + "auth: {jwt: {jwks_url: \"https://idp/jwks\", issuer: i, audience: a, on_expiry: shrug}}\n", "auth.jwt.on_expiry"},
 		{"unknown policy key", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {sise: 5}}\n", "policy.cache"},
 	}
 	for _, c := range cases {

@@ -110,6 +110,20 @@ func (s *session) authenticate(c *codec.Connect) bool {
 	return false
 }
 
+// armExpiry ends the session when its token expires: the connection
+// lives no longer than its credential. Armed once the session is
+// established, so it never races the set-up.
+func (s *session) armExpiry() {
+	id := s.ident
+	if id.Expires.IsZero() || s.srv.cfg.Auth.JWT == nil || s.srv.cfg.Auth.JWT.OnExpiry != "disconnect" {
+		return
+	}
+	s.expiry = time.AfterFunc(time.Until(id.Expires), func() {
+		s.logger().Info("token expired; disconnecting", "client_id", s.info.id, "identity", id.Name)
+		s.end(endClientError, codec.NotAuthorized, "token expired")
+	})
+}
+
 // newSubject describes the client to the policy from verified facts only:
 // the socket, the listener, the verified certificate and the identity the
 // authentication established. An unchecked CONNECT username never
@@ -118,6 +132,7 @@ func (s *session) newSubject(c *codec.Connect) *policy.Subject {
 	cl := policy.Client{
 		ID: c.ClientID, ProtocolVersion: int(c.Version), CleanStart: c.CleanStart, KeepAlive: c.KeepAlive,
 		Listener: s.lst.cfg.Name, Transport: s.lst.cfg.Transport, AuthMethod: s.ident.Method, Username: s.ident.Username,
+		Claims: s.ident.Claims,
 	}
 	if host, port, err := net.SplitHostPort(s.client.RemoteAddr().String()); err == nil {
 		cl.Address = host

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"sync"
@@ -115,6 +116,26 @@ func (s *Server) loadAuth() error {
 		}
 		cfg.Passwords = pw
 		s.log.Info("password file loaded", "file", ac.PasswordFile, "users", pw.Len())
+	}
+	if jc := ac.JWT; jc != nil {
+		j := &auth.JWT{JWKSFile: jc.JWKSFile, JWKSURL: jc.JWKSURL, Issuer: jc.Issuer, Audience: jc.Audience,
+			Algorithms: jc.Algorithms, Leeway: jc.Leeway, UsernameClaim: jc.UsernameClaim, MatchUsername: jc.MatchUsername,
+			Refresh: jc.Refresh, MinRefresh: jc.MinRefresh}
+		if jc.JWKSCAFile != "" {
+			pool, err := loadPool(jc.JWKSCAFile)
+			if err != nil {
+				return fmt.Errorf("auth.jwt.jwks_ca_file: %w", err)
+			}
+			j.HTTPClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+		}
+		if jc.HS256SecretFile != "" {
+			secret, err := os.ReadFile(jc.HS256SecretFile)
+			if err != nil {
+				return fmt.Errorf("auth.jwt.hs256_secret_file: %w", err)
+			}
+			j.HMACSecret = bytes.TrimRight(secret, "\r\n")
+		}
+		cfg.JWT = j
 	}
 	a, err := auth.New(cfg)
 	if err != nil {

@@ -97,7 +97,8 @@ type session struct {
 	// certificate, if it presented one.
 	ident      auth.Identity
 	cert       *x509.Certificate
-	assignedID bool // moat gave the client its identity as client id
+	assignedID bool        // moat gave the client its identity as client id
+	expiry     *time.Timer // ends the session when its token expires
 
 	pumps    atomic.Int32 // pumps still running
 	draining atomic.Bool
@@ -140,6 +141,7 @@ func (s *session) serve() {
 	s.logger().Info("client connected", "client_id", s.info.id, "username", s.info.username,
 		"protocol", s.version.String(), "clean_start", s.info.cleanStart, "keep_alive", s.info.keepAlive)
 	s.pumps.Store(2)
+	s.armExpiry()
 	s.resumeClient, s.resumeUpstream = clientToBroker{s}.start, brokerToClient{s}.start
 	// Most clients say nothing right after CONNACK: park both sides at
 	// once rather than start goroutines only to park them a second later.
@@ -184,6 +186,9 @@ func (s *session) pumpDone() {
 
 // finish closes both connections, returns buffers and forgets the session.
 func (s *session) finish() {
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
 	s.closeAll()
 	if s.cr != nil {
 		s.cr.Release()
