@@ -26,7 +26,7 @@ type issuer struct {
 	jwks string
 }
 
-func newIssuer(t *testing.T) *issuer {
+func newIssuer(t testing.TB) *issuer {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	b, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
 	path := filepath.Join(t.TempDir(), "jwks.json")
@@ -36,7 +36,7 @@ func newIssuer(t *testing.T) *issuer {
 	return &issuer{key: key, jwks: path}
 }
 
-func (is *issuer) token(t *testing.T, sub, tenant, aud string, exp time.Duration) []byte {
+func (is *issuer) token(t testing.TB, sub, tenant, aud string, exp time.Duration) []byte {
 	sg, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: is.key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
 	now := time.Now()
 	tok, err := jwt.Signed(sg).Claims(map[string]any{"iss": "https://idp.test", "aud": aud, "sub": sub, "tenant": tenant,

@@ -72,49 +72,83 @@ func BenchmarkQoS1Publish(b *testing.B) {
 }
 
 // BenchmarkConnect is one client's CONNECT/CONNACK/DISCONNECT through
-// moat's plain listener: anonymous without a policy, anonymous with the
-// plant policy (one uncached connect decision per connection), and with a
-// password checked against an argon2id and a mosquitto_passwd ($7$) hash.
+// moat to Mosquitto, one at a time, per authentication method: anonymous
+// (without and with the plant policy), a password checked against a
+// mosquitto_passwd ($7$) and an argon2id hash, an ES256 JWT, and a client
+// certificate; over plain TCP, and over TLS with a full handshake each.
 //
-//	go test -run '^$' -bench Connect -benchtime 2000x -count 3 ./test
+//	go test -run '^$' -bench Connect -benchtime 300x ./test
 func BenchmarkConnect(b *testing.B) {
-	for _, mode := range []string{"anonymous", "plant", "argon2id", "mosquitto-pbkdf2"} {
-		b.Run(mode, func(b *testing.B) {
-			var user, pass string
-			e := newEnv(b, func(c *config.Config) {
-				switch mode {
-				case "plant":
-					c.Policy = plantForAnonymous(b)
-				case "argon2id", "mosquitto-pbkdf2":
-					path := filepath.Join(b.TempDir(), "passwd")
-					user, pass = "u", "bench-pw"
-					var err error
-					if mode == "argon2id" {
-						var h string
-						if h, err = auth.HashPassword([]byte(pass), auth.Argon2id); err == nil {
-							err = auth.SetPassword(path, user, h)
-						}
-					} else {
-						_, err = exec.Command("mosquitto_passwd", "-c", "-b", path, user, pass).CombinedOutput()
-					}
-					if err != nil {
-						b.Fatal(err)
-					}
-					c.Auth = config.Auth{PasswordFile: path}
-				}
-			})
-			for i := 0; b.Loop(); i++ {
-				con := &codec.Connect{Version: codec.V311, CleanStart: true, ClientID: fmt.Sprintf("sensor-c-%d", i), KeepAlive: 30}
-				if user != "" {
-					con.HasUsername, con.Username, con.HasPassword, con.Password = true, user, true, []byte(pass)
-				}
-				c, err := loadgen.DialConnect(e.plain, nil, con)
-				if err != nil {
-					b.Fatal(err)
-				}
-				c.Disconnect()
+	for _, mode := range []string{"anonymous", "plant", "mosquitto-pbkdf2", "argon2id", "jwt", "certificate"} {
+		for _, transport := range []string{"tcp", "tls"} {
+			if mode == "certificate" && transport == "tcp" {
+				continue
 			}
-		})
+			b.Run(mode+"/"+transport, func(b *testing.B) {
+				benchConnect(b, mode, transport)
+			})
+		}
+	}
+}
+
+func benchConnect(b *testing.B, mode, transport string) {
+	var (
+		user, pass string
+		tok        []byte
+		is         *issuer
+	)
+	e := newEnv(b, func(c *config.Config) {
+		switch mode {
+		case "plant":
+			c.Policy = plantForAnonymous(b)
+		case "argon2id", "mosquitto-pbkdf2":
+			path := filepath.Join(b.TempDir(), "passwd")
+			user, pass = "u", "bench-pw"
+			var err error
+			if mode == "argon2id" {
+				var h string
+				if h, err = auth.HashPassword([]byte(pass), auth.Argon2id); err == nil {
+					err = auth.SetPassword(path, user, h)
+				}
+			} else {
+				_, err = exec.Command("mosquitto_passwd", "-c", "-b", path, user, pass).CombinedOutput()
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Auth = config.Auth{PasswordFile: path}
+		case "jwt":
+			is = newIssuer(b)
+			c.Auth = config.Auth{JWT: &config.JWTAuth{JWKSFile: is.jwks, Issuer: "https://idp.test", Audience: "moat"}}
+		case "certificate":
+			c.Auth = config.Auth{}
+		}
+	})
+	if is != nil {
+		tok = is.token(b, "u", "acme", "moat", time.Hour)
+	}
+	addr, tc := e.plain, (*tls.Config)(nil)
+	if transport == "tls" {
+		addr, tc = e.tls, e.tlsConfig("")
+		tc.ClientSessionCache = nil
+	}
+	if mode == "certificate" {
+		addr, tc = e.mtls, e.tlsConfig("alice")
+		tc.ClientSessionCache = nil
+	}
+	for i := 0; b.Loop(); i++ {
+		con := &codec.Connect{Version: codec.V311, CleanStart: true, ClientID: fmt.Sprintf("sensor-c-%d", i), KeepAlive: 30}
+		if user != "" {
+			con.HasUsername, con.Username, con.HasPassword, con.Password = true, user, true, []byte(pass)
+		}
+		if tok != nil {
+			con.HasUsername, con.Username, con.HasPassword, con.Password = true, "u", true, tok
+		}
+		c, err := loadgen.DialConnect(addr, tc, con)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Disconnect()
 	}
 }
 
