@@ -37,10 +37,14 @@ func newIssuer(t testing.TB) *issuer {
 }
 
 func (is *issuer) token(t testing.TB, sub, tenant, aud string, exp time.Duration) []byte {
-	sg, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: is.key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
 	now := time.Now()
-	tok, err := jwt.Signed(sg).Claims(map[string]any{"iss": "https://idp.test", "aud": aud, "sub": sub, "tenant": tenant,
-		"exp": now.Add(exp).Unix(), "nbf": now.Add(-time.Minute).Unix()}).Serialize()
+	return is.sign(t, "k1", map[string]any{"iss": "https://idp.test", "aud": aud, "sub": sub, "tenant": tenant,
+		"exp": now.Add(exp).Unix(), "nbf": now.Add(-time.Minute).Unix()})
+}
+
+func (is *issuer) sign(t testing.TB, kid string, claims map[string]any) []byte {
+	sg, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: is.key}, (&jose.SignerOptions{}).WithHeader("kid", kid))
+	tok, err := jwt.Signed(sg).Claims(claims).Serialize()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,10 +67,21 @@ func TestJWTAuthentication(t *testing.T) {
 	if got := connectTok("acme-1", is.token(t, "alice", "acme", "moat", time.Hour)); got != 0 {
 		t.Fatalf("valid token: 0x%02X", got)
 	}
+	now := time.Now()
+	valid := func(mod map[string]any) map[string]any {
+		c := map[string]any{"iss": "https://idp.test", "aud": "moat", "sub": "alice", "tenant": "acme", "exp": now.Add(time.Hour).Unix()}
+		for k, v := range mod {
+			c[k] = v
+		}
+		return c
+	}
 	for name, tok := range map[string][]byte{
 		"wrong audience": is.token(t, "alice", "acme", "other", time.Hour),
 		"expired":        is.token(t, "alice", "acme", "moat", -time.Hour),
 		"another key":    newIssuer(t).token(t, "alice", "acme", "moat", time.Hour),
+		"not yet valid":  is.sign(t, "k1", valid(map[string]any{"nbf": now.Add(time.Hour).Unix()})),
+		"wrong issuer":   is.sign(t, "k1", valid(map[string]any{"iss": "https://elsewhere"})),
+		"unknown kid":    is.sign(t, "k9", valid(nil)),
 	} {
 		if got := connectTok("acme-2", tok); got != byte(codec.BadUsernameOrPassword) {
 			t.Errorf("%s: CONNACK 0x%02X, want 0x86", name, got)
