@@ -151,7 +151,7 @@ func (a *Authenticator) Authenticate(c *Credentials) (Identity, error) {
 			}
 			name := certName(c.Cert, a.cfg.CertIdentity)
 			if name == "" {
-				return Identity{}, fmt.Errorf("%w: the certificate has no %s", ErrNotAuthorized, a.cfg.CertIdentity)
+				return Identity{}, fmt.Errorf("certificate: %w: it has no %s", ErrNotAuthorized, a.cfg.CertIdentity)
 			}
 			return Identity{Method: Certificate, Name: name}, nil
 		case JWTMethod:
@@ -160,7 +160,7 @@ func (a *Authenticator) Authenticate(c *Credentials) (Identity, error) {
 			}
 			id, claims, exp, err := a.cfg.JWT.verify(c.Password, c)
 			if err != nil {
-				return Identity{}, err
+				return Identity{}, fmt.Errorf("jwt: %w", err)
 			}
 			id.Claims, id.Expires = claims, exp
 			return id, nil
@@ -169,7 +169,7 @@ func (a *Authenticator) Authenticate(c *Credentials) (Identity, error) {
 				continue
 			}
 			if !a.cfg.Passwords.Check(c.Username, c.Password) {
-				return Identity{}, ErrBadCredentials
+				return Identity{}, fmt.Errorf("password: %w", ErrBadCredentials)
 			}
 			return Identity{Method: Password, Name: c.Username, Username: c.Username}, nil
 		}
