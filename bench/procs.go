@@ -221,7 +221,11 @@ func startMoat(dir, bin, certFile, keyFile, upstream, tlsAddr, plainAddr, policy
     transport: tcp
 upstream: {address: "%s"}
 auth: {anonymous: true}
-limits: {max_packet_size: 1MiB}
+limits:
+  max_packet_size: 1MiB
+  # Limits on, set high enough never to throttle: the harness measures their cost.
+  rate: {publish_per_second: 100000000, bytes_per_second: 100GiB, subscribe_per_second: 1000000}
+  connections: {per_address_per_second: 1000000, per_address: 1000000, per_second: 1000000, max: 1000000}
 %s
 shutdown: {drain_timeout: 2s}
 log: {level: warn, format: text}

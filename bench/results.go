@@ -96,6 +96,7 @@ func goroutinesPerConn(s *setup, r *results) error {
 			l.TLS = &config.ServerTLS{CertFile: s.cert, KeyFile: s.key}
 		}
 		cfg := &config.Config{Listeners: []config.Listener{l}, Upstream: config.Upstream{Address: s.brokerAd}, Auth: config.Auth{Anonymous: true},
+			Limits: config.Limits{Connections: config.ConnectionLimits{PerAddressPerSecond: -1, PerAddress: -1, PerSecond: -1, Max: -1}},
 			Policy: &config.Policy{Mode: config.ModeAllowAll}}
 		if err := cfg.Validate(); err != nil {
 			return err
@@ -165,7 +166,8 @@ func (r *results) markdown() string {
 	if r.o.policy == "plant" {
 		w("moat enforces the plant example policy (policies/plant, decision cache on; the harness's anonymous clients take their\n")
 		w("client id as identity: publishers are sensor-*, subscribers dashboard-*) on every publish, subscription and delivery,\n")
-		w("and decodes and validates every packet both ways. \"new topic each\" misses the decision cache on every message;\n")
+		w("and decodes and validates every packet both ways, with rate and connection limits on but set too high to throttle.\n")
+		w("\"new topic each\" misses the decision cache on every message;\n")
 		w("\"denied\" publishes where sensors may not (moat answers each PUBLISH itself and logs the denial; the other paths forward).\n")
 	} else {
 		w("moat runs with `policy: %s` and decodes and validates every packet both ways.\n", r.o.policy)

@@ -124,6 +124,56 @@ type Limits struct {
 	// WriteTimeout is how long a write to a peer may block before the
 	// connection is cut (a client that stops reading). Default 30s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// Rate limits each client's PUBLISH and SUBSCRIBE traffic.
+	Rate ClientRate `yaml:"rate"`
+	// Connections limits connections per source address and in all.
+	Connections ConnectionLimits `yaml:"connections"`
+}
+
+// ClientRate is the per-client budget. For every rate, 0 takes the
+// default and -1 turns the limit off.
+type ClientRate struct {
+	// Key is what a budget belongs to: identity (default: the verified
+	// identity, or the client id of an anonymous client), client_id or
+	// username.
+	Key string `yaml:"key"`
+	// PublishPerSecond and PublishBurst bound PUBLISH packets. Default
+	// 1000/s, burst = the rate.
+	PublishPerSecond float64 `yaml:"publish_per_second"`
+	PublishBurst     int     `yaml:"publish_burst"`
+	// BytesPerSecond and BytesBurst bound PUBLISH bytes. Default 16MiB/s,
+	// burst = the rate.
+	BytesPerSecond ByteSize `yaml:"bytes_per_second"`
+	BytesBurst     ByteSize `yaml:"bytes_burst"`
+	// SubscribePerSecond and SubscribeBurst bound SUBSCRIBE packets.
+	// Default 100/s, burst = the rate.
+	SubscribePerSecond float64 `yaml:"subscribe_per_second"`
+	SubscribeBurst     int     `yaml:"subscribe_burst"`
+	// Action over the budget: pace (default: moat stops reading from the
+	// client until it is within budget, which is TCP backpressure),
+	// reject (MQTT 5: PUBACK/PUBREC 0x96, QoS 0 dropped; 3.x clients are
+	// paced, their protocol has no way to say it) or disconnect (MQTT 5
+	// DISCONNECT 0x96).
+	Action string `yaml:"action"`
+	// Clients is the most budgets remembered (least recently used
+	// forgotten first; a connected client keeps its own). Default 100000.
+	Clients int `yaml:"clients"`
+}
+
+// ConnectionLimits bound connections. 0 takes the default, -1 is off.
+// A connection over a limit is closed right after accept, before TLS.
+type ConnectionLimits struct {
+	// PerAddressPerSecond and PerAddressBurst bound new connections from
+	// one source address. Default 50/s, burst 100.
+	PerAddressPerSecond float64 `yaml:"per_address_per_second"`
+	PerAddressBurst     int     `yaml:"per_address_burst"`
+	// PerAddress bounds concurrent connections from one address. Default 1000.
+	PerAddress int `yaml:"per_address"`
+	// PerSecond and Burst bound new connections in all. Default 2000/s, burst 2000.
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
+	// Max bounds concurrent connections in all. Default 50000.
+	Max int `yaml:"max"`
 }
 
 // Auth configures authentication.
@@ -349,7 +399,7 @@ func Parse(data []byte) (*Config, error) {
 // yamlSections maps Go type names in YAML errors to the section they are.
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
-	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits",
+	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits", "config.ClientRate": "limits.rate", "config.ConnectionLimits": "limits.connections",
 	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
@@ -473,6 +523,7 @@ func (c *Config) Validate() error {
 	}
 	c.Limits.ConnectTimeout = positiveDuration(c.Limits.ConnectTimeout, DefaultConnectTimeout, "limits.connect_timeout", bad)
 	c.Limits.WriteTimeout = positiveDuration(c.Limits.WriteTimeout, DefaultWriteTimeout, "limits.write_timeout", bad)
+	validateRates(&c.Limits, bad)
 
 	validateAuth(c, bad)
 
@@ -500,6 +551,49 @@ func (c *Config) Validate() error {
 		bad("log.format", "%q is not a format; use json or text", c.Log.Format)
 	}
 	return errors.Join(errs...)
+}
+
+// orDefault fills a limit: 0 takes def, -1 stays (off), other negatives
+// are errors.
+func orDefault[T int | float64 | ByteSize](v *T, def T, field string, bad func(string, string, ...any)) {
+	switch {
+	case *v == 0:
+		*v = def
+	case *v < 0 && *v != -1:
+		bad(field, "%v: use a positive number, or -1 for no limit", *v)
+	}
+}
+
+func validateRates(l *Limits, bad func(string, string, ...any)) {
+	r := &l.Rate
+	switch r.Key {
+	case "":
+		r.Key = "identity"
+	case "identity", "client_id", "username":
+	default:
+		bad("limits.rate.key", "%q: use identity, client_id or username", r.Key)
+	}
+	orDefault(&r.PublishPerSecond, 1000, "limits.rate.publish_per_second", bad)
+	orDefault(&r.PublishBurst, max(int(r.PublishPerSecond), 1), "limits.rate.publish_burst", bad)
+	orDefault(&r.BytesPerSecond, 16<<20, "limits.rate.bytes_per_second", bad)
+	orDefault(&r.BytesBurst, max(r.BytesPerSecond, l.MaxPacketSize), "limits.rate.bytes_burst", bad)
+	orDefault(&r.SubscribePerSecond, 100, "limits.rate.subscribe_per_second", bad)
+	orDefault(&r.SubscribeBurst, max(int(r.SubscribePerSecond), 1), "limits.rate.subscribe_burst", bad)
+	switch r.Action {
+	case "":
+		r.Action = "pace"
+	case "pace", "reject", "disconnect":
+	default:
+		bad("limits.rate.action", "%q: use pace, reject or disconnect", r.Action)
+	}
+	orDefault(&r.Clients, 100_000, "limits.rate.clients", bad)
+	c := &l.Connections
+	orDefault(&c.PerAddressPerSecond, 50, "limits.connections.per_address_per_second", bad)
+	orDefault(&c.PerAddressBurst, 100, "limits.connections.per_address_burst", bad)
+	orDefault(&c.PerAddress, 1000, "limits.connections.per_address", bad)
+	orDefault(&c.PerSecond, 2000, "limits.connections.per_second", bad)
+	orDefault(&c.Burst, 2000, "limits.connections.burst", bad)
+	orDefault(&c.Max, 50_000, "limits.connections.max", bad)
 }
 
 func validateAuth(c *Config, bad func(string, string, ...any)) {
@@ -697,8 +791,13 @@ func checkHostPort(addr string) error {
 // unit: B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024).
 type ByteSize int64
 
-// UnmarshalYAML implements yaml.Unmarshaler.
+// UnmarshalYAML implements yaml.Unmarshaler. "-1" is kept as -1: "no
+// limit" for the fields that say so.
 func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	if strings.TrimSpace(n.Value) == "-1" {
+		*b = -1
+		return nil
+	}
 	v, err := ParseByteSize(n.Value)
 	if err != nil {
 		return fmt.Errorf("line %d: %v", n.Line, err)

@@ -118,6 +118,10 @@ func (p clientToBroker) handle() bool {
 		s.endWith(endClientDisconnect, codec.Success, "client disconnected", f.Bytes)
 		return false
 	}
+	if !p.limit(f, pk) {
+		scratchPool.Put(sc)
+		return !s.ended.Load()
+	}
 	out := f.Bytes
 	if s.az != nil {
 		var ok bool

@@ -23,6 +23,7 @@ import (
 	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/policy"
 	"github.com/moat-mqtt/moat/ratelimit"
+	"golang.org/x/time/rate"
 )
 
 // Server accepts clients on its listeners and proxies each to the upstream.
@@ -36,12 +37,14 @@ type Server struct {
 	parker    *parker // nil: idle pumps keep their goroutines
 
 	auth      *auth.Authenticator
-	authSem   chan struct{}   // bounds concurrent password hashing (CPU and memory)
-	bansAddr  *ratelimit.Bans // failed logins per source address; nil: off
-	bansUser  *ratelimit.Bans // failed logins per username
-	policy    *policy.Engine  // nil in allow_all mode
-	decisions io.Closer       // the decision log file, if one was opened
-	stdout    io.Writer       // where decision_log.file "stdout" and "stderr" go
+	authSem   chan struct{}      // bounds concurrent password hashing (CPU and memory)
+	conns     *ratelimit.Conns   // connection limits, checked at accept
+	rates     *ratelimit.Clients // per-client PUBLISH/SUBSCRIBE budgets
+	bansAddr  *ratelimit.Bans    // failed logins per source address; nil: off
+	bansUser  *ratelimit.Bans    // failed logins per username
+	policy    *policy.Engine     // nil in allow_all mode
+	decisions io.Closer          // the decision log file, if one was opened
+	stdout    io.Writer          // where decision_log.file "stdout" and "stderr" go
 	stderr    io.Writer
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
@@ -91,6 +94,7 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 	if err := s.loadAuth(); err != nil {
 		return nil, err
 	}
+	s.loadLimits()
 	if cr := cfg.Upstream.Credentials; cr.Mode == "replace" && cr.PasswordFile != "" {
 		data, err := os.ReadFile(cr.PasswordFile)
 		if err != nil {
@@ -103,6 +107,23 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 		return nil, err
 	}
 	return s, nil
+}
+
+// loadLimits sets up the connection limits and the client budgets; a
+// limit of -1 in the configuration is none.
+func (s *Server) loadLimits() {
+	off := func(v float64) float64 { return max(v, 0) }
+	c := s.cfg.Limits.Connections
+	s.conns = ratelimit.NewConns(ratelimit.ConnLimits{
+		PerAddressRate: rate.Limit(off(c.PerAddressPerSecond)), PerAddressBurst: c.PerAddressBurst, PerAddress: max(c.PerAddress, 0),
+		GlobalRate: rate.Limit(off(c.PerSecond)), GlobalBurst: c.Burst, Global: max(c.Max, 0),
+	}, 100_000)
+	r := s.cfg.Limits.Rate
+	s.rates = ratelimit.NewClients(ratelimit.Rates{
+		Messages: rate.Limit(off(r.PublishPerSecond)), MessageBurst: r.PublishBurst,
+		Bytes: rate.Limit(off(float64(r.BytesPerSecond))), ByteBurst: int(r.BytesBurst),
+		Subscribes: rate.Limit(off(r.SubscribePerSecond)), SubscribeBurst: r.SubscribeBurst,
+	}, r.Clients)
 }
 
 // loadAuth reads the password file and sets up the methods.
@@ -278,8 +299,14 @@ func (s *Server) acceptLoop(l *listener) {
 			continue
 		}
 		backoff = 0
-		if banned, _ := s.bansAddr.Banned(hostOf(conn.RemoteAddr())); banned {
+		addr := hostOf(conn.RemoteAddr())
+		if banned, _ := s.bansAddr.Banned(addr); banned {
 			// Before the TLS handshake: a banned address costs one accept.
+			conn.Close()
+			continue
+		}
+		if ok, why := s.conns.Admit(addr, time.Now()); !ok {
+			s.log.Debug("connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
 			conn.Close()
 			continue
 		}
@@ -287,7 +314,9 @@ func (s *Server) acceptLoop(l *listener) {
 			tc.SetNoDelay(true)
 		}
 		sess := newSession(s, l, conn)
+		sess.addr = addr
 		if !s.track(sess) {
+			s.conns.Release(addr)
 			conn.Close()
 			return
 		}

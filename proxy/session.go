@@ -16,6 +16,7 @@ import (
 
 	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/ratelimit"
 )
 
 // Reads are batched by codec.Reader, so a burst of small packets costs one
@@ -62,6 +63,7 @@ type session struct {
 	srv    *Server
 	lst    *listener
 	id     uint64
+	addr   string // the client's IP, the key of per-address limits
 	client net.Conn
 	start  time.Time
 
@@ -97,7 +99,9 @@ type session struct {
 	// certificate, if it presented one.
 	ident      auth.Identity
 	cert       *x509.Certificate
-	assignedID bool        // moat gave the client its identity as client id
+	assignedID bool              // moat gave the client its identity as client id
+	bucket     *ratelimit.Client // the client's PUBLISH/SUBSCRIBE budget
+	bucketKey  string
 	expiry     *time.Timer // ends the session when its token expires
 
 	pumps    atomic.Int32 // pumps still running
@@ -142,6 +146,7 @@ func (s *session) serve() {
 		"protocol", s.version.String(), "clean_start", s.info.cleanStart, "keep_alive", s.info.keepAlive)
 	s.pumps.Store(2)
 	s.armExpiry()
+	s.takeBucket()
 	s.resumeClient, s.resumeUpstream = clientToBroker{s}.start, brokerToClient{s}.start
 	// Most clients say nothing right after CONNACK: park both sides at
 	// once rather than start goroutines only to park them a second later.
@@ -188,6 +193,12 @@ func (s *session) pumpDone() {
 func (s *session) finish() {
 	if s.expiry != nil {
 		s.expiry.Stop()
+	}
+	if s.bucket != nil {
+		s.srv.rates.Put(s.bucketKey, s.bucket)
+	}
+	if s.addr != "" {
+		s.srv.conns.Release(s.addr)
 	}
 	s.closeAll()
 	if s.cr != nil {

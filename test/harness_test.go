@@ -68,7 +68,9 @@ func newEnvWithBroker(t testing.TB, broker *mqtttest.Broker, mutate func(*config
 		Upstream: config.Upstream{Address: broker.Addr},
 		Auth:     config.Auth{Anonymous: true},
 		Policy:   &config.Policy{Mode: config.ModeAllowAll},
-		Limits:   config.Limits{ConnectTimeout: 2 * time.Second},
+		// Tests open connections and publish far faster than the default
+		// limits allow; the limit tests set their own.
+		Limits:   config.Limits{ConnectTimeout: 2 * time.Second, Rate: noRates, Connections: noConnLimits},
 		Shutdown: config.Shutdown{DrainTimeout: 2 * time.Second},
 	}
 	if mutate != nil {
@@ -98,6 +100,11 @@ func newEnvWithBroker(t testing.TB, broker *mqtttest.Broker, mutate func(*config
 	return &env{t: t, broker: broker, srv: srv, cfg: cfg, certs: dir, pool: pool,
 		plain: srv.Addr("mqtt").String(), tls: srv.Addr("mqtts").String(), mtls: srv.Addr("mtls").String()}
 }
+
+var (
+	noRates      = config.ClientRate{PublishPerSecond: -1, BytesPerSecond: -1, SubscribePerSecond: -1}
+	noConnLimits = config.ConnectionLimits{PerAddressPerSecond: -1, PerAddress: -1, PerSecond: -1, Max: -1}
+)
 
 // tlsConfig is a client TLS configuration trusting the dev CA, with the
 // client certificate of name when name is not empty.

@@ -1,0 +1,112 @@
+package ratelimit
+
+import (
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/time/rate"
+)
+
+// Rates are a client's budgets; a zero rate is no limit.
+type Rates struct {
+	Messages       rate.Limit // PUBLISH per second
+	MessageBurst   int
+	Bytes          rate.Limit // PUBLISH bytes per second
+	ByteBurst      int
+	Subscribes     rate.Limit // SUBSCRIBE per second
+	SubscribeBurst int
+}
+
+// Client is one client's token buckets. A session holds its Client for
+// its whole life, so the registry evicting an idle entry never resets
+// the budget of a connected client.
+type Client struct {
+	msgs, bytes, subs *rate.Limiter
+}
+
+// Clients is a bounded registry of per-client buckets: a million client
+// ids cost at most size entries. A client that reconnects gets the
+// buckets it left with while they are still remembered, so reconnecting
+// does not refill a budget.
+type Clients struct {
+	rates Rates
+	mu    sync.Mutex
+	cache *lru.Cache[string, *Client]
+}
+
+// NewClients makes a registry of at most size clients.
+func NewClients(r Rates, size int) *Clients {
+	c, _ := lru.New[string, *Client](max(size, 1))
+	return &Clients{rates: r, cache: c}
+}
+
+// Get returns key's buckets, creating them full.
+func (cs *Clients) Get(key string) *Client {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if c, ok := cs.cache.Get(key); ok {
+		return c
+	}
+	c := &Client{
+		msgs:  limiter(cs.rates.Messages, cs.rates.MessageBurst),
+		bytes: limiter(cs.rates.Bytes, cs.rates.ByteBurst),
+		subs:  limiter(cs.rates.Subscribes, cs.rates.SubscribeBurst),
+	}
+	cs.cache.Add(key, c)
+	return c
+}
+
+// Put marks key's buckets as recently used again (a session ending), so
+// the most recent clients are the last to be forgotten.
+func (cs *Clients) Put(key string, c *Client) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.cache.Add(key, c)
+}
+
+// Len is the number of clients remembered.
+func (cs *Clients) Len() int { return cs.cache.Len() }
+
+func limiter(r rate.Limit, burst int) *rate.Limiter {
+	if r <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(r, max(burst, 1))
+}
+
+// Publish takes one message of n bytes from the budgets at now and
+// returns how long the client must wait for it to be within them (0: at
+// once). A message larger than the byte burst is charged the burst, so
+// it waits but is never refused forever.
+func (c *Client) Publish(now time.Time, n int) time.Duration {
+	return max(take(c.msgs, now, 1), take(c.bytes, now, n))
+}
+
+// Subscribe takes one SUBSCRIBE from the budget.
+func (c *Client) Subscribe(now time.Time) time.Duration { return take(c.subs, now, 1) }
+
+// Allow reports whether a message of n bytes fits the budgets now,
+// taking it only if it does (for modes that refuse rather than wait).
+func (c *Client) Allow(now time.Time, n int) bool {
+	if c.msgs != nil && c.msgs.TokensAt(now) < 1 {
+		return false
+	}
+	if c.bytes != nil && c.bytes.TokensAt(now) < float64(min(n, c.bytes.Burst())) {
+		return false
+	}
+	take(c.msgs, now, 1)
+	take(c.bytes, now, n)
+	return true
+}
+
+func take(l *rate.Limiter, now time.Time, n int) time.Duration {
+	if l == nil || n <= 0 {
+		return 0
+	}
+	r := l.ReserveN(now, min(n, l.Burst()))
+	if !r.OK() {
+		return 0
+	}
+	return r.DelayFrom(now)
+}
