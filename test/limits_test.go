@@ -141,7 +141,9 @@ func TestConnectionLimits(t *testing.T) {
 			ok++
 		}
 	}
-	if ok < 5 || ok > 6 {
+	// The burst is 5 and one more token arrives per second: a slow
+	// machine may fit one or two more in, a cut storm never twelve.
+	if ok < 5 || ok > 8 {
 		t.Fatalf("%d of 12 handshakes from one address succeeded; the burst is 5", ok)
 	}
 	if err := dialFrom("127.0.0.10"); err != nil {
