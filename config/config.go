@@ -47,6 +47,14 @@ type Listener struct {
 	Transport string `yaml:"transport"`
 	// TLS is required when Transport is "tls".
 	TLS *ServerTLS `yaml:"tls"`
+	// MaxQoS is the highest QoS clients of this listener may publish with
+	// (0, 1 or 2; default 2). MQTT 5 clients are told in CONNACK; a
+	// publish above it ends the connection (MQTT 5: DISCONNECT 0x9B).
+	MaxQoS *int `yaml:"max_qos"`
+	// RetainAvailable false forbids retained publishes on this listener:
+	// MQTT 5 clients are told in CONNACK and cut with 0x9A if they retain
+	// anyway; 3.x clients have the retain flag stripped. Default true.
+	RetainAvailable *bool `yaml:"retain_available"`
 }
 
 // ServerTLS configures TLS termination on a listener.
@@ -124,6 +132,16 @@ type Limits struct {
 	// WriteTimeout is how long a write to a peer may block before the
 	// connection is cut (a client that stops reading). Default 30s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// MaxTopicLength (bytes) and MaxTopicLevels bound topic names and
+	// filters, wills included. Defaults 1024 and 32.
+	MaxTopicLength int `yaml:"max_topic_length"`
+	MaxTopicLevels int `yaml:"max_topic_levels"`
+	// MaxClientIDLength bounds client ids (bytes). Default 128.
+	MaxClientIDLength int `yaml:"max_client_id_length"`
+	// MaxKeepAlive clamps keep alive: a client asking for 0 (none) or more
+	// is held to this (MQTT 5: told in CONNACK's Server Keep Alive).
+	// Default 1h.
+	MaxKeepAlive time.Duration `yaml:"max_keep_alive"`
 	// Rate limits each client's PUBLISH and SUBSCRIBE traffic.
 	Rate ClientRate `yaml:"rate"`
 	// Connections limits connections per source address and in all.
@@ -464,6 +482,9 @@ func (c *Config) Validate() error {
 		default:
 			bad(f+".transport", "%q is not supported; use tcp or tls", l.Transport)
 		}
+		if l.MaxQoS != nil && (*l.MaxQoS < 0 || *l.MaxQoS > 2) {
+			bad(f+".max_qos", "%d: use 0, 1 or 2", *l.MaxQoS)
+		}
 		if l.Transport == "tcp" && l.TLS != nil {
 			bad(f+".tls", "set on a tcp listener; use transport: tls or remove the tls section")
 		}
@@ -524,6 +545,13 @@ func (c *Config) Validate() error {
 	c.Limits.ConnectTimeout = positiveDuration(c.Limits.ConnectTimeout, DefaultConnectTimeout, "limits.connect_timeout", bad)
 	c.Limits.WriteTimeout = positiveDuration(c.Limits.WriteTimeout, DefaultWriteTimeout, "limits.write_timeout", bad)
 	validateRates(&c.Limits, bad)
+	orDefault(&c.Limits.MaxTopicLength, 1024, "limits.max_topic_length", bad)
+	orDefault(&c.Limits.MaxTopicLevels, 32, "limits.max_topic_levels", bad)
+	orDefault(&c.Limits.MaxClientIDLength, 128, "limits.max_client_id_length", bad)
+	c.Limits.MaxKeepAlive = positiveDuration(c.Limits.MaxKeepAlive, time.Hour, "limits.max_keep_alive", bad)
+	if c.Limits.MaxKeepAlive > 65535*time.Second {
+		bad("limits.max_keep_alive", "%v exceeds MQTT's largest keep alive (65535s)", c.Limits.MaxKeepAlive)
+	}
 
 	validateAuth(c, bad)
 

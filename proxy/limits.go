@@ -1,10 +1,107 @@
 package proxy
 
 import (
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/moat-mqtt/moat/codec"
 )
+
+// connectLimits checks CONNECT against the protocol limits: client id
+// length and the will's topic. Over a limit, MQTT 5 clients get a CONNACK
+// that says which (0x85, 0x90); 3.x clients get return code 2 for the
+// client id and a close for the will, which their protocol cannot name.
+func (s *session) connectLimits(c *codec.Connect) bool {
+	lim := &s.srv.cfg.Limits
+	if n := lim.MaxClientIDLength; n > 0 && len(c.ClientID) > n {
+		s.logger().Info("client id too long", "length", len(c.ClientID), "limit", n)
+		s.sendConnack(c.Version, codec.ClientIdentifierNotValid, codec.ConnRefusedIdentifier311)
+		return false
+	}
+	if c.Will != nil {
+		if err := s.topicLimit(c.Will.Topic); err != "" {
+			s.logger().Info("will topic over a limit", "error", err)
+			if c.Version == codec.V5 {
+				s.sendConnack(c.Version, codec.TopicNameInvalid, 0)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// topicLimit says why a topic or filter is over the configured length
+// or depth, or "".
+func (s *session) topicLimit(t string) string {
+	lim := &s.srv.cfg.Limits
+	if n := lim.MaxTopicLength; n > 0 && len(t) > n {
+		return "topic longer than limits.max_topic_length (" + strconv.Itoa(n) + " bytes)"
+	}
+	if n := lim.MaxTopicLevels; n > 0 && strings.Count(t, "/")+1 > n {
+		return "topic deeper than limits.max_topic_levels (" + strconv.Itoa(n) + ")"
+	}
+	return ""
+}
+
+// clampKeepAlive holds a keep alive of 0 (none) or above the maximum to
+// limits.max_keep_alive, so no connection may sit silent for ever.
+func (s *session) clampKeepAlive(ka uint16) uint16 {
+	limit := uint16(s.srv.cfg.Limits.MaxKeepAlive / time.Second)
+	if ka == 0 || ka > limit {
+		return limit
+	}
+	return ka
+}
+
+// protocolLimits checks a client packet against the listener's maximum
+// QoS and retain availability and the topic limits. It returns the bytes
+// to go on with (the retain flag stripped for a 3.x client where retain
+// is off) and false when the session ended.
+func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, bool) {
+	s := p.s
+	switch pk := pk.(type) {
+	case *codec.Publish:
+		if mq := s.lst.cfg.MaxQoS; mq != nil && int(pk.QoS) > *mq {
+			// [MQTT-3.3.1-4]-style: above the Maximum QoS granted.
+			s.end(endClientError, codec.QoSNotSupported, "QoS "+strconv.Itoa(int(pk.QoS))+" above the listener's maximum")
+			return nil, false
+		}
+		out := f.Bytes
+		if ra := s.lst.cfg.RetainAvailable; ra != nil && !*ra && pk.Retain {
+			if s.version == codec.V5 {
+				// [MQTT-3.3.1-11] retain when Retain Available is 0.
+				s.end(endClientError, codec.RetainNotSupported, "retain is not available on this listener")
+				return nil, false
+			}
+			out = append([]byte(nil), f.Bytes...)
+			out[0] &^= 0x01
+			pk.Retain = false
+		}
+		if len(pk.Topic) > 0 {
+			if err := s.topicLimit(string(pk.Topic)); err != "" {
+				s.end(endClientError, codec.TopicNameInvalid, err)
+				return nil, false
+			}
+		}
+		return out, true
+	case *codec.Subscribe:
+		for _, sb := range pk.Subscriptions {
+			if err := s.topicLimit(sb.Filter); err != "" {
+				s.end(endClientError, codec.TopicFilterInvalid, err)
+				return nil, false
+			}
+		}
+	case *codec.Unsubscribe:
+		for _, fl := range pk.Filters {
+			if err := s.topicLimit(fl); err != "" {
+				s.end(endClientError, codec.TopicFilterInvalid, err)
+				return nil, false
+			}
+		}
+	}
+	return f.Bytes, true
+}
 
 // takeBucket finds the client's budget by the configured key.
 func (s *session) takeBucket() {

@@ -122,11 +122,14 @@ func (p clientToBroker) handle() bool {
 		scratchPool.Put(sc)
 		return !s.ended.Load()
 	}
-	out := f.Bytes
+	out, ok := p.protocolLimits(f, pk)
+	if !ok {
+		scratchPool.Put(sc)
+		return false
+	}
 	if s.az != nil {
-		var ok bool
-		out, ok = p.authorize(f, pk)
-		if !ok || out == nil {
+		f.Bytes = out // a stripped retain flag is what the broker sees
+		if out, ok = p.authorize(f, pk); !ok || out == nil {
 			scratchPool.Put(sc)
 			if ok && s.cr.Buffered() == 0 {
 				// Consumed here: what earlier packets queued must not wait.

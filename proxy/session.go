@@ -259,6 +259,9 @@ func (s *session) establish() error {
 		return errors.New("enhanced authentication is not supported")
 	}
 	s.version = c.Version
+	if !s.connectLimits(c) {
+		return errors.New("CONNECT over a limit")
+	}
 	if !s.authenticate(c) {
 		return errors.New("authentication failed")
 	}
@@ -267,7 +270,8 @@ func (s *session) establish() error {
 	}
 	s.lastRead = time.Now()
 	s.info = clientInfo{id: c.ClientID, username: c.Username, keepAlive: c.KeepAlive, cleanStart: c.CleanStart}
-	s.setKeepAlive(c.KeepAlive)
+	ka := s.clampKeepAlive(c.KeepAlive)
+	s.setKeepAlive(ka)
 	if c.Version == codec.V5 && c.Properties.Has(codec.PropMaximumPacketSize) {
 		s.clientMaxPacket = int(c.Properties.MaximumPacketSize)
 	}
@@ -319,8 +323,25 @@ func (s *session) establish() error {
 	up.SetReadDeadline(time.Time{})
 	connack := f.Bytes
 	if c.Version == codec.V5 {
-		if ack.Properties.Has(codec.PropServerKeepAlive) {
-			s.setKeepAlive(ack.Properties.ServerKeepAlive)
+		if ack.Properties.Has(codec.PropServerKeepAlive) && ack.Properties.ServerKeepAlive <= ka && ack.Properties.ServerKeepAlive != 0 {
+			ka = ack.Properties.ServerKeepAlive
+		}
+		s.setKeepAlive(ka)
+		if ka != c.KeepAlive && (!ack.Properties.Has(codec.PropServerKeepAlive) || ack.Properties.ServerKeepAlive != ka) {
+			// [MQTT-3.2.2-21] the client must use the keep alive moat holds it to.
+			ack.Properties.Set(codec.PropServerKeepAlive)
+			ack.Properties.ServerKeepAlive = ka
+			connack = nil
+		}
+		if mq := s.lst.cfg.MaxQoS; mq != nil && *mq < 2 && (!ack.Properties.Has(codec.PropMaximumQoS) || int(ack.Properties.MaximumQoS) > *mq) {
+			ack.Properties.Set(codec.PropMaximumQoS)
+			ack.Properties.MaximumQoS = byte(*mq)
+			connack = nil
+		}
+		if ra := s.lst.cfg.RetainAvailable; ra != nil && !*ra {
+			ack.Properties.Set(codec.PropRetainAvailable)
+			ack.Properties.RetainAvailable = 0
+			connack = nil
 		}
 		if s.az != nil && ack.Properties.Has(codec.PropTopicAliasMaximum) {
 			s.az.aliasMax = ack.Properties.TopicAliasMaximum

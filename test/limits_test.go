@@ -170,3 +170,76 @@ func TestConnectionLimits(t *testing.T) {
 	again := mqtttest.DialRawFrom(t, "127.0.0.11", e2.plain)
 	again.Connect(codec.V311, "ce", 30)
 }
+
+// Each protocol limit refused, in the protocol's own terms.
+func TestProtocolLimits(t *testing.T) {
+	one, no := 1, false
+	e := newEnv(t, func(c *config.Config) {
+		c.Limits.MaxClientIDLength = 8
+		c.Limits.MaxTopicLength = 20
+		c.Limits.MaxTopicLevels = 3
+		c.Limits.MaxKeepAlive = 60 * time.Second
+		for i := range c.Listeners {
+			if c.Listeners[i].Name == "mqtt" {
+				c.Listeners[i].MaxQoS, c.Listeners[i].RetainAvailable = &one, &no
+			}
+		}
+	})
+	connack := func(v codec.Version, con *codec.Connect) (*mqtttest.Raw, *codec.Connack) {
+		t.Helper()
+		c := mqtttest.DialRaw(t, e.plain, nil)
+		c.V = v
+		con.Version, con.CleanStart = v, true
+		c.SendPacket(con)
+		p, err := c.Read(5 * time.Second)
+		if err != nil {
+			return c, nil
+		}
+		a, _ := p.(*codec.Connack)
+		return c, a
+	}
+	if _, a := connack(codec.V5, &codec.Connect{ClientID: "much-too-long"}); a == nil || a.ReasonCode != byte(codec.ClientIdentifierNotValid) {
+		t.Errorf("long client id, v5: %+v", a)
+	}
+	if _, a := connack(codec.V311, &codec.Connect{ClientID: "much-too-long"}); a == nil || a.ReasonCode != codec.ConnRefusedIdentifier311 {
+		t.Errorf("long client id, 3.1.1: %+v", a)
+	}
+	if _, a := connack(codec.V5, &codec.Connect{ClientID: "w", Will: &codec.Will{Topic: "a/b/c/d", Payload: []byte("x")}}); a == nil || a.ReasonCode != byte(codec.TopicNameInvalid) {
+		t.Errorf("deep will topic: %+v", a)
+	}
+	// Keep alive 0 is clamped, and MQTT 5 clients are told; so are the
+	// listener's maximum QoS and retain availability.
+	c, a := connack(codec.V5, &codec.Connect{ClientID: "k0", KeepAlive: 0})
+	if a == nil || a.ReasonCode != 0 || a.Properties.ServerKeepAlive != 60 || !a.Properties.Has(codec.PropMaximumQoS) ||
+		a.Properties.MaximumQoS != 1 || !a.Properties.Has(codec.PropRetainAvailable) || a.Properties.RetainAvailable != 0 {
+		t.Fatalf("CONNACK %+v", a)
+	}
+	c.SendPacket(&codec.Publish{Topic: []byte("x"), QoS: 2, PacketID: 1})
+	c.ExpectDisconnect(codec.QoSNotSupported, 5*time.Second)
+	for _, cs := range []struct {
+		p    codec.Packet
+		want codec.ReasonCode
+	}{
+		{&codec.Publish{Topic: []byte("x"), Retain: true}, codec.RetainNotSupported},
+		{&codec.Publish{Topic: []byte("a/b/c/d")}, codec.TopicNameInvalid},
+		{&codec.Publish{Topic: []byte("abcdefghijklmnopqrstuvwxyz")}, codec.TopicNameInvalid},
+		{&codec.Subscribe{PacketID: 1, Subscriptions: []codec.Subscription{{Filter: "a/b/c/#"}}}, codec.TopicFilterInvalid},
+	} {
+		c, _ := connack(codec.V5, &codec.Connect{ClientID: "p", KeepAlive: 30})
+		c.SendPacket(cs.p)
+		c.ExpectDisconnect(cs.want, 5*time.Second)
+	}
+	// 3.1.1 cannot be told retain is off: the flag is stripped.
+	spied := spy(t, e)
+	c3 := paho3(t, e.plain, nil, "r3", true)
+	wait3(t, c3.Publish("keep/me", 1, true, "v"), "retained publish")
+	if m := spied.wait(t, 1, 5*time.Second); m[0].Topic != "keep/me" || m[0].Retain {
+		t.Fatalf("broker got %+v", m)
+	}
+	late := newReceived()
+	sub3(t, paho3(t, e.plain, nil, "late", true), "keep/#", 0, late)
+	time.Sleep(300 * time.Millisecond)
+	if late.count() != 0 {
+		t.Fatal("a stripped retained message was stored by the broker")
+	}
+}
