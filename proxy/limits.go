@@ -103,7 +103,9 @@ func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, 
 	return f.Bytes, true
 }
 
-// takeBucket finds the client's budget by the configured key.
+// takeBucket decides whose budget the client spends; the buckets
+// themselves are fetched at its first PUBLISH or SUBSCRIBE, so a
+// connection that only listens holds none.
 func (s *session) takeBucket() {
 	key := s.ident.Name
 	switch s.srv.cfg.Limits.Rate.Key {
@@ -115,7 +117,7 @@ func (s *session) takeBucket() {
 	if key == "" {
 		key = "id:" + s.info.id // anonymous: its client id
 	}
-	s.bucketKey, s.bucket = key, s.srv.rates.Get(key)
+	s.bucketKey = key
 }
 
 // limit applies the client's budget to a PUBLISH or SUBSCRIBE before
@@ -123,8 +125,11 @@ func (s *session) takeBucket() {
 // (false: answered here, or the session ended; ended says which).
 func (p clientToBroker) limit(f codec.Frame, pk codec.Packet) (goOn bool) {
 	s := p.s
-	if s.bucket == nil || (f.Type != codec.PUBLISH && f.Type != codec.SUBSCRIBE) {
+	if f.Type != codec.PUBLISH && f.Type != codec.SUBSCRIBE {
 		return true
+	}
+	if s.bucket == nil {
+		s.bucket = s.srv.rates.Get(s.bucketKey)
 	}
 	now := time.Now()
 	action := s.srv.cfg.Limits.Rate.Action
