@@ -50,14 +50,14 @@ func Builtins() []func(*rego.Rego) {
 			if err := codec.ValidFilter(filter); err != nil {
 				return nil, fmt.Errorf("moat.topic_matches: %v", err)
 			}
-			return ast.BooleanTerm(TopicMatches(filter, topic)), nil
+			return ast.BooleanTerm(codec.TopicMatches(filter, topic)), nil
 		}),
 		rego.Function3(builtinDecls[1], func(_ rego.BuiltinContext, p, v, t *ast.Term) (*ast.Term, error) {
 			filter, ok, topic, err := expandArgs("moat.topic_matches_with", p, v, t)
 			if err != nil || !ok {
 				return ast.BooleanTerm(false), err
 			}
-			return ast.BooleanTerm(TopicMatches(filter, topic)), nil
+			return ast.BooleanTerm(codec.TopicMatches(filter, topic)), nil
 		}),
 		rego.Function2(builtinDecls[2], func(_ rego.BuiltinContext, a, r *ast.Term) (*ast.Term, error) {
 			allowed, requested, err := twoStrings(a, r)
@@ -67,14 +67,14 @@ func Builtins() []func(*rego.Rego) {
 			if err := codec.ValidFilter(allowed); err != nil {
 				return nil, fmt.Errorf("moat.filter_covers: %v", err)
 			}
-			return ast.BooleanTerm(FilterCovers(allowed, requested)), nil
+			return ast.BooleanTerm(codec.FilterCovers(allowed, requested)), nil
 		}),
 		rego.Function3(builtinDecls[3], func(_ rego.BuiltinContext, p, v, r *ast.Term) (*ast.Term, error) {
 			allowed, ok, requested, err := expandArgs("moat.filter_covers_with", p, v, r)
 			if err != nil || !ok {
 				return ast.BooleanTerm(false), err
 			}
-			return ast.BooleanTerm(FilterCovers(allowed, requested)), nil
+			return ast.BooleanTerm(codec.FilterCovers(allowed, requested)), nil
 		}),
 	}
 }
