@@ -31,6 +31,8 @@ type Config struct {
 	Auth Auth `yaml:"auth"`
 	// Policy decides what clients may do. Required: moat denies by default.
 	Policy *Policy `yaml:"policy"`
+	// Payload checks what publishes to given topics carry.
+	Payload Payload `yaml:"payload"`
 	// Shutdown controls graceful shutdown on SIGTERM and SIGINT.
 	Shutdown Shutdown `yaml:"shutdown"`
 	// Log controls the log output.
@@ -273,6 +275,32 @@ type CertAuth struct {
 	Identity string `yaml:"identity"`
 }
 
+// Payload holds per-topic payload rules; the first rule whose topics
+// match a publish applies. Topics no rule names are not inspected.
+type Payload struct {
+	Rules []PayloadRule `yaml:"rules"`
+}
+
+// PayloadRule is what publishes to its topics must satisfy. A refused
+// publish is answered as a denied one (policy.on_publish_deny), with
+// MQTT 5 reason 0x99.
+type PayloadRule struct {
+	// Topics are topic filters ("commands/#").
+	Topics []string `yaml:"topics"`
+	// MaxSize bounds the payload.
+	MaxSize ByteSize `yaml:"max_size"`
+	// UTF8 requires valid UTF-8; JSON requires JSON (and UTF-8).
+	UTF8 bool `yaml:"utf8"`
+	JSON bool `yaml:"json"`
+	// SchemaFile is a JSON Schema the payload must match (implies JSON).
+	SchemaFile string `yaml:"schema_file"`
+	// Retain is allow (default), forbid (refuse retained publishes) or
+	// strip (forward them without the retain flag).
+	Retain string `yaml:"retain"`
+	// MaxQoS refuses publishes above it (0 or 1; default: any).
+	MaxQoS *int `yaml:"max_qos"`
+}
+
 // Policy selects how decisions are made.
 type Policy struct {
 	// Mode is "enforce" (denials are enforced), "shadow" (every decision is
@@ -418,7 +446,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits", "config.ClientRate": "limits.rate", "config.ConnectionLimits": "limits.connections",
-	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
+	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -554,6 +582,24 @@ func (c *Config) Validate() error {
 	}
 
 	validateAuth(c, bad)
+	for i := range c.Payload.Rules {
+		r := &c.Payload.Rules[i]
+		f := fmt.Sprintf("payload.rules[%d]", i)
+		if len(r.Topics) == 0 {
+			bad(f+".topics", "required: the topic filters the rule applies to")
+		}
+		checkFile(f+".schema_file", r.SchemaFile, bad)
+		switch r.Retain {
+		case "", "allow":
+			r.Retain = ""
+		case "forbid", "strip":
+		default:
+			bad(f+".retain", "%q: use allow, forbid or strip", r.Retain)
+		}
+		if r.MaxQoS != nil && (*r.MaxQoS < 0 || *r.MaxQoS > 2) {
+			bad(f+".max_qos", "%d: use 0, 1 or 2", *r.MaxQoS)
+		}
+	}
 
 	if c.Policy == nil {
 		bad("policy", "missing. moat denies by default and will not start without a policy; "+

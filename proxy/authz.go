@@ -288,61 +288,90 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 			topic = e.topic
 		}
 	}
-	d := s.srv.policy.Decide(az.subj, &policy.Request{Action: policy.Publish, Topic: topic, QoS: pub.QoS,
-		Retain: pub.Retain, Props: propsOf(&pub.Properties, s.version)})
+	// The policy, then the payload rules; either may refuse.
+	code, reason, out := codec.Success, "", f.Bytes
+	if s.srv.policy != nil {
+		d := s.srv.policy.Decide(az.subj, &policy.Request{Action: policy.Publish, Topic: topic, QoS: pub.QoS,
+			Retain: pub.Retain, Props: propsOf(&pub.Properties, s.version)})
+		if !d.Allow {
+			code, reason = codec.NotAuthorized, d.Reason
+		}
+	}
+	if code == codec.Success {
+		if rule := s.srv.payload.Rule(topic); rule != nil {
+			v := rule.Check(pub.Payload, pub.QoS, pub.Retain)
+			switch {
+			case v.Refuse != nil:
+				code, reason = codec.PayloadFormatInvalid, v.Refuse.Error()
+			case v.StripRetain:
+				out = append([]byte(nil), f.Bytes...)
+				out[0] &^= 0x01
+			}
+		}
+	}
+	allowed := code == codec.Success
 	if alias != 0 && len(pub.Topic) > 0 {
 		if az.aliases == nil {
 			az.aliases = make(map[uint16]aliasEntry)
 		}
 		// The client now means this topic by the alias; the broker does
 		// too only if the packet is forwarded.
-		az.aliases[alias] = aliasEntry{topic: string(pub.Topic), synced: d.Allow}
+		az.aliases[alias] = aliasEntry{topic: string(pub.Topic), synced: allowed}
 	}
-	if d.Allow {
-		if alias != 0 && len(pub.Topic) == 0 && !az.aliases[alias].synced {
-			// The broker's alias still names an older topic: say the
-			// topic in full, which also re-points the broker's alias.
-			e := az.aliases[alias]
-			fwd := *pub
-			fwd.Topic = []byte(e.topic)
-			b, err := fwd.Append(nil, codec.V5)
-			if err != nil {
-				s.end(endClientError, codec.ReasonOf(err), err.Error())
-				return nil, false
-			}
-			az.aliases[alias] = aliasEntry{topic: e.topic, synced: true}
-			return b, true
+	if !allowed {
+		return nil, p.refuse(pub, topic, code, reason)
+	}
+	if alias != 0 && len(pub.Topic) == 0 && !az.aliases[alias].synced {
+		// The broker's alias still names an older topic: say the topic in
+		// full, which also re-points the broker's alias.
+		e := az.aliases[alias]
+		fwd := *pub
+		fwd.Topic = []byte(e.topic)
+		fwd.Retain = out[0]&0x01 != 0
+		b, err := fwd.Append(nil, codec.V5)
+		if err != nil {
+			s.end(endClientError, codec.ReasonOf(err), err.Error())
+			return nil, false
 		}
-		return f.Bytes, true
+		az.aliases[alias] = aliasEntry{topic: e.topic, synced: true}
+		return b, true
 	}
+	return out, true
+}
+
+// refuse answers a PUBLISH moat will not forward, as on_publish_deny
+// says: drop and acknowledge (MQTT 5 with the reason code; a 3.x QoS 2
+// flow is completed here), or disconnect.
+func (p clientToBroker) refuse(pub *codec.Publish, topic string, code codec.ReasonCode, reason string) bool {
+	s, az := p.s, p.s.az
 	if s.srv.cfg.Policy.OnPublishDeny == "disconnect" {
-		s.logger().Info("publish not authorized; disconnecting", "client_id", s.info.id, "topic", topic, "reason", d.Reason)
-		s.end(endClientError, codec.NotAuthorized, d.Reason)
-		return nil, false
+		s.logger().Info("publish refused; disconnecting", "client_id", s.info.id, "topic", topic, "reason", reason)
+		s.end(endClientError, code, reason)
+		return false
 	}
 	switch pub.QoS {
 	case 1:
 		ack := &codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID}
 		if s.version == codec.V5 {
-			ack.ReasonCode = codec.NotAuthorized
-			s.ackReason(&ack.Properties, d.Reason)
+			ack.ReasonCode = code
+			s.ackReason(&ack.Properties, reason)
 		}
-		return nil, s.replyClient(ack)
+		return s.replyClient(ack)
 	case 2:
 		ack := &codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID}
 		if s.version == codec.V5 {
 			// [MQTT-4.3.3] a PUBREC with a failure code ends the flow.
-			ack.ReasonCode = codec.NotAuthorized
-			s.ackReason(&ack.Properties, d.Reason)
+			ack.ReasonCode = code
+			s.ackReason(&ack.Properties, reason)
 		} else {
 			if az.deniedRel == nil {
 				az.deniedRel = make(map[uint16]struct{})
 			}
 			az.deniedRel[pub.PacketID] = struct{}{}
 		}
-		return nil, s.replyClient(ack)
+		return s.replyClient(ack)
 	}
-	return nil, true
+	return true
 }
 
 // failCode is the SUBACK / UNSUBACK code for a denied filter.
@@ -355,6 +384,9 @@ func (s *session) failCode() byte {
 
 func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, bool) {
 	s := p.s
+	if s.srv.policy == nil {
+		return f.Bytes, true
+	}
 	denied := make([]bool, len(sub.Subscriptions))
 	keep := sub.Subscriptions[:0:0]
 	reason := ""
@@ -389,6 +421,9 @@ func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, 
 
 func (p clientToBroker) unsubscribe(f codec.Frame, uns *codec.Unsubscribe) ([]byte, bool) {
 	s := p.s
+	if s.srv.policy == nil {
+		return f.Bytes, true
+	}
 	denied := make([]bool, len(uns.Filters))
 	var keep []string
 	for i, filter := range uns.Filters {
@@ -456,6 +491,9 @@ func (p clientToBroker) encoded(err error) bool {
 // UNSUBACK get the denials merged back in.
 func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool) {
 	s, az := p.s, p.s.az
+	if s.srv.policy == nil {
+		return f.Bytes, true // payload rules only: nothing to decide on the way back
+	}
 	switch pk := pk.(type) {
 	case *codec.Publish:
 		if s.version == codec.V5 && pk.Properties.Has(codec.PropTopicAlias) {

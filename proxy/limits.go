@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/moat-mqtt/moat/codec"
 )
@@ -65,6 +66,11 @@ func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, 
 		if mq := s.lst.cfg.MaxQoS; mq != nil && int(pk.QoS) > *mq {
 			// [MQTT-3.3.1-4]-style: above the Maximum QoS granted.
 			s.end(endClientError, codec.QoSNotSupported, "QoS "+strconv.Itoa(int(pk.QoS))+" above the listener's maximum")
+			return nil, false
+		}
+		if s.version == codec.V5 && pk.Properties.Has(codec.PropPayloadFormat) && pk.Properties.PayloadFormat == 1 && !utf8.Valid(pk.Payload) {
+			// [MQTT-3.3.2-4] a payload said to be UTF-8 must be.
+			s.end(endClientError, codec.PayloadFormatInvalid, "payload format indicator says UTF-8, the payload is not")
 			return nil, false
 		}
 		out := f.Bytes

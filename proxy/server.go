@@ -21,6 +21,7 @@ import (
 
 	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/payload"
 	"github.com/moat-mqtt/moat/policy"
 	"github.com/moat-mqtt/moat/ratelimit"
 	"golang.org/x/time/rate"
@@ -43,6 +44,7 @@ type Server struct {
 	bansAddr  *ratelimit.Bans    // failed logins per source address; nil: off
 	bansUser  *ratelimit.Bans    // failed logins per username
 	policy    *policy.Engine     // nil in allow_all mode
+	payload   *payload.Checker   // nil without payload rules
 	decisions io.Closer          // the decision log file, if one was opened
 	stdout    io.Writer          // where decision_log.file "stdout" and "stderr" go
 	stderr    io.Writer
@@ -95,6 +97,9 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 		return nil, err
 	}
 	s.loadLimits()
+	if err := s.loadPayload(); err != nil {
+		return nil, err
+	}
 	if cr := cfg.Upstream.Credentials; cr.Mode == "replace" && cr.PasswordFile != "" {
 		data, err := os.ReadFile(cr.PasswordFile)
 		if err != nil {
@@ -107,6 +112,34 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 		return nil, err
 	}
 	return s, nil
+}
+
+// loadPayload compiles the payload rules and their schemas.
+func (s *Server) loadPayload() error {
+	if len(s.cfg.Payload.Rules) == 0 {
+		return nil
+	}
+	var rules []*payload.Rule
+	for i, rc := range s.cfg.Payload.Rules {
+		r := &payload.Rule{Topics: rc.Topics, MaxSize: int(rc.MaxSize), UTF8: rc.UTF8, JSON: rc.JSON, Retain: rc.Retain, MaxQoS: -1}
+		if rc.MaxQoS != nil {
+			r.MaxQoS = *rc.MaxQoS
+		}
+		if rc.SchemaFile != "" {
+			sch, err := payload.CompileSchema(rc.SchemaFile)
+			if err != nil {
+				return fmt.Errorf("payload.rules[%d].schema_file: %w", i, err)
+			}
+			r.Schema = sch
+		}
+		rules = append(rules, r)
+	}
+	c, err := payload.New(rules)
+	if err != nil {
+		return err
+	}
+	s.payload = c
+	return nil
 }
 
 // loadLimits sets up the connection limits and the client budgets; a

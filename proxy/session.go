@@ -160,7 +160,7 @@ func (s *session) serve() {
 func (s *session) startPump(r *codec.Reader, wc *waitConn, slot *atomic.Uint64, hard time.Time, idle bool, resume func(error)) {
 	if idle && s.srv.parker != nil {
 		r.Release()
-		if s.az != nil {
+		if s.az != nil && s.az.subj != nil {
 			s.az.subj.Release()
 		}
 		if ok, err := wc.TryFill(); !ok && err == nil && s.srv.parker.park(wc, slot, hard, resume) == nil {
@@ -267,6 +267,11 @@ func (s *session) establish() error {
 	}
 	if s.srv.policy != nil && !s.authorizeConnect(c) {
 		return errors.New("connection not authorized")
+	}
+	if s.az == nil && s.srv.payload != nil {
+		// Payload rules need the topic behind every alias, and the
+		// refusal machinery, even without a policy.
+		s.az = &authz{problemInfo: !(c.Version == codec.V5 && c.Properties.Has(codec.PropRequestProblemInfo) && c.Properties.RequestProblemInfo == 0)}
 	}
 	s.lastRead = time.Now()
 	s.info = clientInfo{id: c.ClientID, username: c.Username, keepAlive: c.KeepAlive, cleanStart: c.CleanStart}
@@ -391,7 +396,7 @@ func (s *session) upstreamConnect(c *codec.Connect, orig []byte) ([]byte, error)
 		fwd.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
 		changed = true
 	}
-	if c.Version == codec.V5 && s.az != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0 {
+	if c.Version == codec.V5 && s.srv.policy != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0 {
 		// Deliveries must name their topic: a delivery moat drops could
 		// otherwise set an alias the client never learns.
 		fwd.Properties.Clear(codec.PropTopicAliasMaximum)
@@ -577,7 +582,7 @@ func (s *session) wait(wc *waitConn, slot *atomic.Uint64, hard time.Time, armedA
 	if s.srv.parker == nil {
 		return false, nil
 	}
-	if s.az != nil {
+	if s.az != nil && s.az.subj != nil {
 		s.az.subj.Release() // quiet for a while: keep no policy document either
 	}
 	if err := s.srv.parker.park(wc, slot, hard, resume); err != nil {

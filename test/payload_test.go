@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/internal/mqtttest"
+)
+
+// Payload rules: schema violations refused, valid payloads forwarded
+// byte for byte, retain stripped where configured, and an alias cannot
+// carry a payload past the rule of the topic it stands for.
+func TestPayloadRules(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Payload.Rules = []config.PayloadRule{
+			{Topics: []string{"commands/#"}, SchemaFile: "testdata/command-schema.json", Retain: "forbid"},
+			{Topics: []string{"telemetry/#"}, MaxSize: 32, UTF8: true, Retain: "strip"},
+		}
+	})
+	spied := spy(t, e)
+	good := `{"valve":"valve1","action":"close"}`
+	c := paho5(t, e.plain, nil, "pl5", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	publish := func(topic, payload string, retain bool) byte {
+		t.Helper()
+		r, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Retain: retain, Payload: []byte(payload)})
+		if r == nil {
+			t.Fatalf("publish %s: %v", topic, err)
+		}
+		return r.ReasonCode
+	}
+	for _, cs := range []struct {
+		topic, payload string
+		retain         bool
+		ok             bool
+	}{
+		{"commands/v1", good, false, true},
+		{"commands/v1", `{"valve":"valve1","action":"explode"}`, false, false},
+		{"commands/v1", `not json`, false, false},
+		{"commands/v1", good, true, false},
+		{"telemetry/t1", "21.5", true, true},
+		{"telemetry/t1", "012345678901234567890123456789012", false, false},
+		{"other/x", "\xff anything", false, true},
+	} {
+		got := publish(cs.topic, cs.payload, cs.retain)
+		if cs.ok && got >= 0x80 || !cs.ok && got != byte(codec.PayloadFormatInvalid) {
+			t.Errorf("%s %q retain=%v: 0x%02X", cs.topic, cs.payload, cs.retain, got)
+		}
+	}
+	// 3.1.1: refused payloads are acknowledged and dropped.
+	c3 := paho3(t, e.plain, nil, "pl3", true)
+	wait3(t, c3.Publish("commands/v2", 1, false, `{"valve":"v"}`), "invalid 3.1.1 publish")
+
+	// An alias set on a valid command cannot carry an invalid one later.
+	raw := mqtttest.DialRaw(t, e.plain, nil)
+	raw.Connect(codec.V5, "alias-pl", 30)
+	p := &codec.Publish{Topic: []byte("commands/v3"), QoS: 1, PacketID: 1, Payload: []byte(good)}
+	p.Properties.Set(codec.PropTopicAlias)
+	p.Properties.TopicAlias = 1
+	raw.SendPacket(p)
+	raw.Expect(5 * time.Second)
+	p.Topic, p.PacketID, p.Payload = nil, 2, []byte(`{"valve":"valve3","action":"explode"}`)
+	raw.SendPacket(p)
+	if a, ok := raw.Expect(5 * time.Second).(*codec.Ack); !ok || a.ReasonCode != codec.PayloadFormatInvalid {
+		t.Fatalf("alias with an invalid payload: %+v", a)
+	}
+
+	spied.wait(t, 4, 10*time.Second)
+	time.Sleep(300 * time.Millisecond) // anything refused would have arrived by now
+	msgs := spied.wait(t, 4, time.Second)
+	var got []string
+	for _, m := range msgs {
+		got = append(got, m.Topic+" "+m.Payload)
+	}
+	want := []string{"commands/v1 " + good, "telemetry/t1 21.5", "other/x \xff anything", "commands/v3 " + good}
+	if len(got) != len(want) {
+		t.Fatalf("broker got %q, want %q", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("broker got %q, want %q", got, want)
+		}
+	}
+	// The retained telemetry reading was stripped: nothing is stored.
+	late := newReceived()
+	sub5(t, paho5(t, e.plain, nil, "late", late), "telemetry/#", 0)
+	time.Sleep(300 * time.Millisecond)
+	if late.count() != 0 {
+		t.Fatal("a stripped retained message was stored")
+	}
+}
