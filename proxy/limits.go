@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/policy"
 )
 
 // connectLimits checks CONNECT against the protocol limits: client id
@@ -85,7 +86,7 @@ func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, 
 			pk.Retain = false
 		}
 		if len(pk.Topic) > 0 {
-			if err := s.topicLimit(string(pk.Topic)); err != "" {
+			if err := s.topicLimit(policy.View(pk.Topic)); err != "" { // a view: no copy per publish
 				s.end(endClientError, codec.TopicNameInvalid, err)
 				return nil, false
 			}
