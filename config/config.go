@@ -33,6 +33,10 @@ type Config struct {
 	Policy *Policy `yaml:"policy"`
 	// Payload checks what publishes to given topics carry.
 	Payload Payload `yaml:"payload"`
+	// Bans cut and refuse an address that keeps being denied.
+	Bans Bans `yaml:"bans"`
+	// Decoys are topics and usernames no legitimate client uses.
+	Decoys Decoys `yaml:"decoys"`
 	// Shutdown controls graceful shutdown on SIGTERM and SIGINT.
 	Shutdown Shutdown `yaml:"shutdown"`
 	// Log controls the log output.
@@ -275,6 +279,26 @@ type CertAuth struct {
 	Identity string `yaml:"identity"`
 }
 
+// Bans ban a source address that collects Denials denials (policy,
+// payload, rate rejects) within Window: its connection is cut and new
+// ones are refused before TLS for Duration.
+type Bans struct {
+	// Denials is the threshold. Default 50; -1 disables.
+	Denials  int           `yaml:"denials"`
+	Window   time.Duration `yaml:"window"`   // default 1m
+	Duration time.Duration `yaml:"duration"` // default 10m
+}
+
+// Decoys are tripwires: any publish or subscription touching Topics, or
+// a login as one of Usernames, raises an alert (an ERROR log line with
+// alert=true, counted) and, with Ban, bans the address at once.
+type Decoys struct {
+	Topics    []string `yaml:"topics"`
+	Usernames []string `yaml:"usernames"`
+	// Ban is true unless set to false.
+	Ban *bool `yaml:"ban"`
+}
+
 // Payload holds per-topic payload rules; the first rule whose topics
 // match a publish applies. Topics no rule names are not inspected.
 type Payload struct {
@@ -446,7 +470,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits", "config.ClientRate": "limits.rate", "config.ConnectionLimits": "limits.connections",
-	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
+	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.Bans": "bans", "config.Decoys": "decoys", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -582,6 +606,13 @@ func (c *Config) Validate() error {
 	}
 
 	validateAuth(c, bad)
+	orDefault(&c.Bans.Denials, 50, "bans.denials", bad)
+	c.Bans.Window = positiveDuration(c.Bans.Window, time.Minute, "bans.window", bad)
+	c.Bans.Duration = positiveDuration(c.Bans.Duration, 10*time.Minute, "bans.duration", bad)
+	if c.Decoys.Ban == nil {
+		yes := true
+		c.Decoys.Ban = &yes
+	}
 	for i := range c.Payload.Rules {
 		r := &c.Payload.Rules[i]
 		f := fmt.Sprintf("payload.rules[%d]", i)

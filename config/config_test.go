@@ -127,6 +127,8 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"jwt bad expiry action", listener + base + "auth: {jwt: {jwks_url: \"https://idp/jwks\", issuer: i, audience: a, on_expiry: shrug}}\n", "auth.jwt.on_expiry"},
 		{"bad max qos", "listeners: [{name: a, address: \"127.0.0.1:1\", max_qos: 3}]\n" + base + "auth: {anonymous: true}\n", "listeners[0].max_qos"},
 		{"huge keep alive", listener + base + "auth: {anonymous: true}\nlimits: {max_keep_alive: 48h}\n", "limits.max_keep_alive"},
+		{"bad ban threshold", listener + base + "auth: {anonymous: true}\nbans: {denials: -7}\n", "bans.denials"},
+		{"unknown decoy key", listener + base + "auth: {anonymous: true}\ndecoys: {topic: [x]}\n", "decoys"},
 		{"unknown policy key", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {sise: 5}}\n", "policy.cache"},
 	}
 	for _, c := range cases {

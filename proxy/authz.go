@@ -64,6 +64,12 @@ func (s *session) verifiedCert() *x509.Certificate {
 // 5. The log names the address and method, never the secret.
 func (s *session) authenticate(c *codec.Connect) bool {
 	s.cert = s.verifiedCert()
+	if c.HasUsername && s.srv.decoyUsers[c.Username] {
+		// A canary credential: nobody legitimate logs in with it.
+		s.tripped("login", c.Username)
+		s.sendConnack(c.Version, codec.BadUsernameOrPassword, codec.ConnRefusedBadCredentials311)
+		return false
+	}
 	if c.HasUsername {
 		if banned, until := s.srv.bansUser.Banned(c.Username); banned {
 			s.logger().Info("username banned after failed logins", "username", c.Username, "until", until.UTC().Format(time.RFC3339))
@@ -344,6 +350,9 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 // flow is completed here), or disconnect.
 func (p clientToBroker) refuse(pub *codec.Publish, topic string, code codec.ReasonCode, reason string) bool {
 	s, az := p.s, p.s.az
+	if !s.denied() {
+		return false
+	}
 	if s.srv.cfg.Policy.OnPublishDeny == "disconnect" {
 		s.logger().Info("publish refused; disconnecting", "client_id", s.info.id, "topic", topic, "reason", reason)
 		s.end(endClientError, code, reason)
@@ -399,6 +408,9 @@ func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, 
 			keep = append(keep, sb)
 		} else {
 			denied[i], reason = true, d.Reason
+			if !s.denied() {
+				return nil, false
+			}
 		}
 	}
 	switch len(keep) {

@@ -86,8 +86,12 @@ func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, 
 			pk.Retain = false
 		}
 		if len(pk.Topic) > 0 {
-			if err := s.topicLimit(policy.View(pk.Topic)); err != "" { // a view: no copy per publish
+			t := policy.View(pk.Topic) // a view: no copy per publish
+			if err := s.topicLimit(t); err != "" {
 				s.end(endClientError, codec.TopicNameInvalid, err)
+				return nil, false
+			}
+			if len(s.srv.cfg.Decoys.Topics) > 0 && s.decoyTopic(t, false) && !s.trippedEnd("publish", string(pk.Topic)) {
 				return nil, false
 			}
 		}
@@ -96,6 +100,13 @@ func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, 
 		for _, sb := range pk.Subscriptions {
 			if err := s.topicLimit(sb.Filter); err != "" {
 				s.end(endClientError, codec.TopicFilterInvalid, err)
+				return nil, false
+			}
+			filter := sb.Filter
+			if _, inner, shared := codec.SplitShared(filter); shared {
+				filter = inner
+			}
+			if s.decoyTopic(filter, true) && !s.trippedEnd("subscribe", sb.Filter) {
 				return nil, false
 			}
 		}
@@ -173,6 +184,9 @@ func (p clientToBroker) over(action string, delay time.Duration, pub *codec.Publ
 		return false
 	case "reject":
 		// MQTT 5 only: the message is refused with 0x96; QoS 0 is dropped.
+		if !s.denied() {
+			return false
+		}
 		switch pub.QoS {
 		case 1:
 			s.replyClient(&codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID, ReasonCode: codec.MessageRateTooHigh})

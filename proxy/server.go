@@ -37,19 +37,23 @@ type Server struct {
 	listeners []*listener
 	parker    *parker // nil: idle pumps keep their goroutines
 
-	auth      *auth.Authenticator
-	authSem   chan struct{}      // bounds concurrent password hashing (CPU and memory)
-	conns     *ratelimit.Conns   // connection limits, checked at accept
-	rates     *ratelimit.Clients // per-client PUBLISH/SUBSCRIBE budgets
-	bansAddr  *ratelimit.Bans    // failed logins per source address; nil: off
-	bansUser  *ratelimit.Bans    // failed logins per username
-	policy    *policy.Engine     // nil in allow_all mode
-	payload   *payload.Checker   // nil without payload rules
-	decisions io.Closer          // the decision log file, if one was opened
-	stdout    io.Writer          // where decision_log.file "stdout" and "stderr" go
-	stderr    io.Writer
-	stopWatch context.CancelFunc
-	watchDone chan struct{}
+	auth       *auth.Authenticator
+	authSem    chan struct{}      // bounds concurrent password hashing (CPU and memory)
+	conns      *ratelimit.Conns   // connection limits, checked at accept
+	rates      *ratelimit.Clients // per-client PUBLISH/SUBSCRIBE budgets
+	abuse      *ratelimit.Bans    // denials per address; nil: off
+	decoyBans  *ratelimit.Bans    // addresses that touched a decoy
+	decoyUsers map[string]bool
+	alerts     atomic.Uint64
+	bansAddr   *ratelimit.Bans  // failed logins per source address; nil: off
+	bansUser   *ratelimit.Bans  // failed logins per username
+	policy     *policy.Engine   // nil in allow_all mode
+	payload    *payload.Checker // nil without payload rules
+	decisions  io.Closer        // the decision log file, if one was opened
+	stdout     io.Writer        // where decision_log.file "stdout" and "stderr" go
+	stderr     io.Writer
+	stopWatch  context.CancelFunc
+	watchDone  chan struct{}
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -100,6 +104,11 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 	if err := s.loadPayload(); err != nil {
 		return nil, err
 	}
+	if err := s.loadAbuse(); err != nil {
+		return nil, err
+	}
+	// One touch of a decoy bans for the configured ban duration.
+	s.decoyBans = ratelimit.NewBans(1, time.Hour, s.cfg.Bans.Duration, 100_000)
 	if cr := cfg.Upstream.Credentials; cr.Mode == "replace" && cr.PasswordFile != "" {
 		data, err := os.ReadFile(cr.PasswordFile)
 		if err != nil {
@@ -333,7 +342,7 @@ func (s *Server) acceptLoop(l *listener) {
 		}
 		backoff = 0
 		addr := hostOf(conn.RemoteAddr())
-		if banned, _ := s.bansAddr.Banned(addr); banned {
+		if s.bannedAddr(addr) {
 			// Before the TLS handshake: a banned address costs one accept.
 			conn.Close()
 			continue
@@ -355,6 +364,16 @@ func (s *Server) acceptLoop(l *listener) {
 		}
 		go sess.serve()
 	}
+}
+
+// bannedAddr reports whether any ban holds the address.
+func (s *Server) bannedAddr(addr string) bool {
+	for _, b := range []*ratelimit.Bans{s.bansAddr, s.abuse, s.decoyBans} {
+		if banned, _ := b.Banned(addr); banned {
+			return true
+		}
+	}
+	return false
 }
 
 // hostOf is the IP of a connection's remote address: the key bans use.
@@ -425,6 +444,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.stopWatch()
 			<-s.watchDone
 		}
+		s.log.Info("alerts", "decoys_touched", s.alerts.Load())
 		if s.policy != nil {
 			st := s.policy.Stats()
 			s.log.Info("policy decisions", "revision", st.Revision, "cache_hits", st.CacheHits, "evaluations", st.CacheMisses,
