@@ -467,3 +467,13 @@ func rawList() [][]byte {
 	}
 	return out
 }
+
+// The encoder refuses a reason code DISCONNECT may not carry.
+func TestDisconnectEncodeRefusesInvalidCode(t *testing.T) {
+	if _, err := (&Disconnect{ReasonCode: Banned}).Append(nil, V5); err == nil {
+		t.Fatal("DISCONNECT 0x8A encoded")
+	}
+	if _, err := (&Disconnect{ReasonCode: AdministrativeAction}).Append(nil, V5); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -758,6 +758,10 @@ func (p *Disconnect) Append(dst []byte, v Version) ([]byte, error) {
 	if v != V5 {
 		return append(dst, byte(DISCONNECT)<<4, 0), nil
 	}
+	if !disconnectCodes.has(byte(p.ReasonCode)) {
+		// [MQTT-3.14.2.1] encode only what a receiver may accept.
+		return dst, protoErr("MQTT-3.14.2.1", "invalid DISCONNECT reason code 0x%02X", byte(p.ReasonCode))
+	}
 	start := len(dst)
 	dst = reserve(dst)
 	if p.ReasonCode != Success || !p.Properties.Empty() {

@@ -702,7 +702,12 @@ func (s *session) sendClientDisconnect(code codec.ReasonCode, reason string) {
 	}
 	b, err := d.Append(nil, codec.V5)
 	if err != nil {
-		return
+		// A code DISCONNECT cannot carry (one meant for CONNACK, say):
+		// still tell the client, as unspecified.
+		d.ReasonCode = codec.UnspecifiedError
+		if b, err = d.Append(nil, codec.V5); err != nil {
+			return
+		}
 	}
 	s.cw.writeFinal(b)
 }
