@@ -476,4 +476,11 @@ func TestDisconnectEncodeRefusesInvalidCode(t *testing.T) {
 	if _, err := (&Disconnect{ReasonCode: AdministrativeAction}).Append(nil, V5); err != nil {
 		t.Fatal(err)
 	}
+	// 0x96 exists for DISCONNECT, not for PUBACK.
+	if _, err := (&Ack{PacketType: PUBACK, PacketID: 1, ReasonCode: MessageRateTooHigh}).Append(nil, V5); err == nil {
+		t.Fatal("PUBACK 0x96 encoded")
+	}
+	if _, err := (&Ack{PacketType: PUBACK, PacketID: 1, ReasonCode: QuotaExceeded}).Append(nil, V5); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -425,6 +425,16 @@ func DecodeAck(a *Ack, f Frame, v Version) error {
 }
 
 func (a *Ack) Append(dst []byte, v Version) ([]byte, error) {
+	if v == V5 {
+		valid := pubackCodes
+		if a.PacketType == PUBREL || a.PacketType == PUBCOMP {
+			valid = pubrelCodes
+		}
+		if !valid.has(byte(a.ReasonCode)) {
+			// [MQTT-3.4.2.1] encode only what a receiver may accept.
+			return dst, protoErr("MQTT-3.4.2.1", "invalid %s reason code 0x%02X", a.PacketType, byte(a.ReasonCode))
+		}
+	}
 	start := len(dst)
 	dst = reserve(dst)
 	dst = appendU16(dst, a.PacketID)

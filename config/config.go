@@ -175,7 +175,7 @@ type ClientRate struct {
 	SubscribeBurst     int     `yaml:"subscribe_burst"`
 	// Action over the budget: pace (default: moat stops reading from the
 	// client until it is within budget, which is TCP backpressure),
-	// reject (MQTT 5: PUBACK/PUBREC 0x96, QoS 0 dropped; 3.x clients are
+	// reject (MQTT 5: PUBACK/PUBREC 0x97, QoS 0 dropped; 3.x clients are
 	// paced, their protocol has no way to say it) or disconnect (MQTT 5
 	// DISCONNECT 0x96).
 	Action string `yaml:"action"`

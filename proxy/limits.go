@@ -183,15 +183,16 @@ func (p clientToBroker) over(action string, delay time.Duration, pub *codec.Publ
 		s.end(endClientError, codec.MessageRateTooHigh, "message rate too high")
 		return false
 	case "reject":
-		// MQTT 5 only: the message is refused with 0x96; QoS 0 is dropped.
+		// MQTT 5 only: the message is refused with 0x97 (quota exceeded:
+		// 0x96 is not a PUBACK/PUBREC code); QoS 0 is dropped.
 		if !s.denied() {
 			return false
 		}
 		switch pub.QoS {
 		case 1:
-			s.replyClient(&codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID, ReasonCode: codec.MessageRateTooHigh})
+			s.replyClient(&codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID, ReasonCode: codec.QuotaExceeded})
 		case 2:
-			s.replyClient(&codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID, ReasonCode: codec.MessageRateTooHigh})
+			s.replyClient(&codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID, ReasonCode: codec.QuotaExceeded})
 		}
 		if s.cr.Buffered() == 0 {
 			s.uw.flush()

@@ -87,8 +87,9 @@ func TestRateRejectAndDisconnect(t *testing.T) {
 			}
 			codes = append(codes, r.ReasonCode)
 		}
-		// 0x00 or 0x10 (no subscribers) from the broker, then 0x96 from moat.
-		if codes[0] >= 0x80 || codes[1] >= 0x80 || codes[2] != byte(codec.MessageRateTooHigh) || codes[3] != byte(codec.MessageRateTooHigh) {
+		// 0x00 or 0x10 (no subscribers) from the broker, then 0x97 from
+		// moat (0x96 is not a PUBACK code).
+		if codes[0] >= 0x80 || codes[1] >= 0x80 || codes[2] != byte(codec.QuotaExceeded) || codes[3] != byte(codec.QuotaExceeded) {
 			t.Fatalf("reason codes %v", codes)
 		}
 	})
