@@ -221,6 +221,8 @@ func startMoat(dir, bin, certFile, keyFile, upstream, tlsAddr, plainAddr, policy
     transport: tcp
 upstream: {address: "%s"}
 auth: {anonymous: true}
+# The deny-path scenario is a flood of denied publishes by design.
+bans: {denials: -1}
 limits:
   max_packet_size: 1MiB
   # Limits on, set high enough never to throttle: the harness measures their cost.
