@@ -231,20 +231,15 @@ func (s *session) ackVersion() codec.Version {
 // reply writes a packet moat answers itself, to the client or to the
 // broker, flushing when the side it answers has nothing more buffered.
 func (s *session) reply(toClient bool, p codec.Packet) bool {
-	w, r, kind, code, who := s.uw, s.ur, endUpstreamGone, codec.UnspecifiedError, "broker"
-	if toClient {
-		w, r, kind, code, who = s.cw, s.cr, endClientGone, codec.Success, "client"
-	}
 	b, err := p.Append(nil, s.ackVersion())
 	if err != nil {
 		s.logger().Error("encoding a reply failed", "type", p.Type().String(), "error", err)
 		return true
 	}
-	if err := w.write(b, r.Buffered() == 0); err != nil {
-		s.end(kind, code, "writing to the "+who+" failed: "+err.Error())
-		return false
+	if toClient {
+		return s.relay(b, s.cr, s.cw, false)
 	}
-	return true
+	return s.relay(b, s.ur, s.uw, true)
 }
 
 func (s *session) replyClient(p codec.Packet) bool { return s.reply(true, p) }

@@ -130,7 +130,11 @@ func (s *session) takeBucket() {
 	case "client_id":
 		key = "id:" + s.info.id
 	case "username":
-		key = "user:" + s.ident.Username
+		if s.ident.Username != "" {
+			key = "user:" + s.ident.Username
+		} else {
+			key = "" // no verified username: fall back to the client id below
+		}
 	}
 	if key == "" {
 		key = "id:" + s.info.id // anonymous: its client id
@@ -193,9 +197,6 @@ func (p clientToBroker) over(action string, delay time.Duration, pub *codec.Publ
 			s.replyClient(&codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID, ReasonCode: codec.QuotaExceeded})
 		case 2:
 			s.replyClient(&codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID, ReasonCode: codec.QuotaExceeded})
-		}
-		if s.cr.Buffered() == 0 {
-			s.uw.flush()
 		}
 		return false
 	}

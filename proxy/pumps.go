@@ -120,30 +120,15 @@ func (p clientToBroker) handle() bool {
 	}
 	if !p.limit(f, pk) {
 		scratchPool.Put(sc)
-		return !s.ended.Load()
+		return !s.ended.Load() && s.relay(nil, s.cr, s.uw, true)
 	}
 	out, ok := p.protocolLimits(f, pk)
-	if !ok {
-		scratchPool.Put(sc)
-		return false
-	}
-	if s.az != nil {
+	if ok && s.az != nil {
 		f.Bytes = out // a stripped retain flag is what the broker sees
-		if out, ok = p.authorize(f, pk); !ok || out == nil {
-			scratchPool.Put(sc)
-			if ok && s.cr.Buffered() == 0 {
-				// Consumed here: what earlier packets queued must not wait.
-				s.uw.flush()
-			}
-			return ok
-		}
+		out, ok = p.authorize(f, pk)
 	}
 	scratchPool.Put(sc)
-	if err := s.uw.write(out, s.cr.Buffered() == 0); err != nil {
-		s.end(endUpstreamGone, codec.UnspecifiedError, "writing to the broker failed: "+err.Error())
-		return false
-	}
-	return true
+	return ok && s.relay(out, s.cr, s.uw, true)
 }
 
 // check validates one client packet. PUBLISH and the acks, the bulk of the
@@ -277,21 +262,33 @@ func (p brokerToClient) handle() bool {
 		s.end(endUpstreamDisconnect, codec.Success, "broker sent DISCONNECT")
 		return false
 	}
-	out := f.Bytes
+	out, ok := f.Bytes, true
 	if s.az != nil {
-		var ok bool
 		out, ok = p.authorize(f, pk)
-		if !ok || out == nil {
-			scratchPool.Put(sc)
-			if ok && s.ur.Buffered() == 0 {
-				s.cw.flush()
-			}
-			return ok
-		}
 	}
 	scratchPool.Put(sc)
-	if err := s.cw.write(out, s.ur.Buffered() == 0); err != nil {
-		s.end(endClientGone, codec.Success, "writing to the client failed: "+err.Error())
+	return ok && s.relay(out, s.ur, s.cw, false)
+}
+
+// relay finishes one packet: out goes to w, flushed once r has nothing
+// more buffered; nil out means moat answered the packet itself, and then
+// only what earlier packets queued is flushed, so it does not wait.
+// toBroker says whose writer w is, for the error. It reports whether the
+// pump goes on.
+func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker bool) bool {
+	last := r.Buffered() == 0
+	if out == nil {
+		if last {
+			w.flush()
+		}
+		return true
+	}
+	if err := w.write(out, last); err != nil {
+		if toBroker {
+			s.end(endUpstreamGone, codec.UnspecifiedError, "writing to the broker failed: "+err.Error())
+		} else {
+			s.end(endClientGone, codec.Success, "writing to the client failed: "+err.Error())
+		}
 		return false
 	}
 	return true
