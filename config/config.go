@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/moat-mqtt/moat/codec"
 )
 
 // Config is the whole configuration file.
@@ -148,6 +150,24 @@ type Limits struct {
 	// is held to this (MQTT 5: told in CONNACK's Server Keep Alive).
 	// Default 1h.
 	MaxKeepAlive time.Duration `yaml:"max_keep_alive"`
+	// MaxSubscriptions bounds the distinct filters one connection holds
+	// through moat. A filter over it is refused in SUBACK (MQTT 5 0x97
+	// quota exceeded, 3.x 0x80). Default 1000.
+	MaxSubscriptions int `yaml:"max_subscriptions"`
+	// MaxInflight bounds unacknowledged QoS 1/2 publishes per direction.
+	// MQTT 5: sent as Receive Maximum both ways, and a client that goes
+	// over it is disconnected with 0x93; 3.x: moat stops reading from the
+	// client until the broker acknowledges (backpressure). Default 100.
+	MaxInflight int `yaml:"max_inflight"`
+	// MaxUserProperties and MaxUserPropertyBytes bound the MQTT 5 user
+	// properties of one client packet: how many, and their keys and
+	// values together. Over either, moat answers 0x83. Defaults 32 and
+	// 8KiB.
+	MaxUserProperties    int      `yaml:"max_user_properties"`
+	MaxUserPropertyBytes ByteSize `yaml:"max_user_property_bytes"`
+	// TopicRates bound, per client, publishes to the topics a rule names:
+	// every topic the rule matches shares one budget.
+	TopicRates []TopicRate `yaml:"topic_rates"`
 	// Rate limits each client's PUBLISH and SUBSCRIBE traffic.
 	Rate ClientRate `yaml:"rate"`
 	// Connections limits connections per source address and in all.
@@ -182,6 +202,17 @@ type ClientRate struct {
 	// Clients is the most budgets remembered (least recently used
 	// forgotten first; a connected client keeps its own). Default 100000.
 	Clients int `yaml:"clients"`
+}
+
+// TopicRate is a per-client budget for publishes to some topics ("each
+// sensor at most 1 msg/s on its telemetry topic"). The first rule whose
+// topics match a publish applies.
+type TopicRate struct {
+	// Topics are topic filters; identity placeholders are not expanded.
+	Topics []string `yaml:"topics"`
+	// PublishPerSecond and PublishBurst (default: the rate, at least 1).
+	PublishPerSecond float64 `yaml:"publish_per_second"`
+	PublishBurst     int     `yaml:"publish_burst"`
 }
 
 // ConnectionLimits bound connections. 0 takes the default, -1 is off.
@@ -469,7 +500,7 @@ func Parse(data []byte) (*Config, error) {
 // yamlSections maps Go type names in YAML errors to the section they are.
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
-	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits", "config.ClientRate": "limits.rate", "config.ConnectionLimits": "limits.connections",
+	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits", "config.ClientRate": "limits.rate", "config.ConnectionLimits": "limits.connections", "config.TopicRate": "a topic rate",
 	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.Bans": "bans", "config.Decoys": "decoys", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
 }
 
@@ -600,6 +631,31 @@ func (c *Config) Validate() error {
 	orDefault(&c.Limits.MaxTopicLength, 1024, "limits.max_topic_length", bad)
 	orDefault(&c.Limits.MaxTopicLevels, 32, "limits.max_topic_levels", bad)
 	orDefault(&c.Limits.MaxClientIDLength, 128, "limits.max_client_id_length", bad)
+	orDefault(&c.Limits.MaxSubscriptions, 1000, "limits.max_subscriptions", bad)
+	orDefault(&c.Limits.MaxInflight, 100, "limits.max_inflight", bad)
+	if c.Limits.MaxInflight > 65535 {
+		bad("limits.max_inflight", "%d exceeds MQTT's largest Receive Maximum (65535)", c.Limits.MaxInflight)
+	}
+	orDefault(&c.Limits.MaxUserProperties, 32, "limits.max_user_properties", bad)
+	orDefault(&c.Limits.MaxUserPropertyBytes, 8<<10, "limits.max_user_property_bytes", bad)
+	for i := range c.Limits.TopicRates {
+		tr := &c.Limits.TopicRates[i]
+		f := fmt.Sprintf("limits.topic_rates[%d]", i)
+		if len(tr.Topics) == 0 {
+			bad(f+".topics", "required: the topic filters the budget applies to")
+		}
+		for _, t := range tr.Topics {
+			if err := codec.ValidFilter(t); err != nil {
+				bad(f+".topics", "%q: %v", t, err)
+			}
+		}
+		if tr.PublishPerSecond <= 0 {
+			bad(f+".publish_per_second", "required: a positive rate (messages per second)")
+		}
+		if tr.PublishBurst < 0 {
+			bad(f+".publish_burst", "%d: use a positive number", tr.PublishBurst)
+		}
+	}
 	c.Limits.MaxKeepAlive = positiveDuration(c.Limits.MaxKeepAlive, time.Hour, "limits.max_keep_alive", bad)
 	if c.Limits.MaxKeepAlive > 65535*time.Second {
 		bad("limits.max_keep_alive", "%v exceeds MQTT's largest keep alive (65535s)", c.Limits.MaxKeepAlive)

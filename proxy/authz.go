@@ -23,6 +23,9 @@ type authz struct {
 	aliasMax  uint16                // the broker's Topic Alias Maximum for this client
 	aliases   map[uint16]aliasEntry // the client's topic aliases, as the client sees them
 	deniedRel map[uint16]struct{}   // QoS 2 publishes denied here: moat answers their PUBREL
+	subs      map[string]struct{}   // filters subscribed through this connection, for the quota
+
+	inflight inflight // QoS 1/2 publishes the broker has not finished
 
 	// Broker -> client (broker pump only).
 	droppedRel map[uint16]struct{} // QoS 2 deliveries dropped here: moat answers the broker's PUBREL
@@ -42,10 +45,11 @@ type aliasEntry struct {
 	synced bool
 }
 
-// merge remembers which filters of a SUBSCRIBE or UNSUBSCRIBE moat denied.
+// merge remembers which filters of a SUBSCRIBE or UNSUBSCRIBE moat
+// refused, and with what code (0: forwarded, the broker answers).
 type merge struct {
-	ack    codec.PacketType // SUBACK or UNSUBACK
-	denied []bool
+	ack   codec.PacketType // SUBACK or UNSUBACK
+	codes []byte
 }
 
 // verifiedCert is the client certificate the TLS handshake verified
@@ -289,6 +293,10 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 			topic = e.topic
 		}
 	}
+	if len(s.topicRates) > 0 && !p.topicRate(topic, pub) {
+		az.learn(alias, pub, false) // refused, but the client set its alias
+		return nil, !s.ended.Load()
+	}
 	// The policy, then the payload rules; either may refuse.
 	code, reason, out := codec.Success, "", f.Bytes
 	if s.srv.policy != nil {
@@ -311,14 +319,7 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 		}
 	}
 	allowed := code == codec.Success
-	if alias != 0 && len(pub.Topic) > 0 {
-		if az.aliases == nil {
-			az.aliases = make(map[uint16]aliasEntry)
-		}
-		// The client now means this topic by the alias; the broker does
-		// too only if the packet is forwarded.
-		az.aliases[alias] = aliasEntry{topic: string(pub.Topic), synced: allowed}
-	}
+	az.learn(alias, pub, allowed)
 	if !allowed {
 		return nil, p.refuse(pub, topic, code, reason)
 	}
@@ -335,9 +336,21 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 			return nil, false
 		}
 		az.aliases[alias] = aliasEntry{topic: e.topic, synced: true}
-		return b, true
+		return b, pub.QoS == 0 || s.acquire()
 	}
-	return out, true
+	return out, pub.QoS == 0 || s.acquire()
+}
+
+// learn records that the client now means pub's topic by alias; the
+// broker does too only if the packet is forwarded (synced).
+func (az *authz) learn(alias uint16, pub *codec.Publish, synced bool) {
+	if alias == 0 || len(pub.Topic) == 0 {
+		return
+	}
+	if az.aliases == nil {
+		az.aliases = make(map[uint16]aliasEntry)
+	}
+	az.aliases[alias] = aliasEntry{topic: string(pub.Topic), synced: synced}
 }
 
 // refuse answers a PUBLISH moat will not forward, as on_publish_deny
@@ -378,99 +391,131 @@ func (p clientToBroker) refuse(pub *codec.Publish, topic string, code codec.Reas
 	return true
 }
 
-// failCode is the SUBACK / UNSUBACK code for a denied filter.
-func (s *session) failCode() byte {
+// failCode is the SUBACK / UNSUBACK code for a filter refused with code
+// (MQTT 5); 3.x SUBACKs only know 0x80.
+func (s *session) failCode(code codec.ReasonCode) byte {
 	if s.version == codec.V5 {
-		return byte(codec.NotAuthorized)
+		return byte(code)
 	}
 	return codec.SubackFailure311
 }
 
+// subscribe decides each filter of a SUBSCRIBE: the policy, then the
+// connection's subscription quota. Refused filters never reach the
+// broker; codes holds, per filter, 0 (the broker answers) or the code
+// moat answers with.
 func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, bool) {
-	s := p.s
-	if s.srv.policy == nil {
-		return f.Bytes, true
-	}
-	denied := make([]bool, len(sub.Subscriptions))
-	keep := sub.Subscriptions[:0:0]
-	reason := ""
+	s, az := p.s, p.s.az
+	codes := make([]byte, len(sub.Subscriptions))
+	refused, reason := 0, ""
 	for i, sb := range sub.Subscriptions {
+		if s.srv.policy == nil {
+			break
+		}
 		r := &policy.Request{Action: policy.Subscribe, Topic: sb.Filter, QoS: sb.QoS}
 		if group, inner, ok := codec.SplitShared(sb.Filter); ok {
 			r.Topic, r.Shared, r.ShareGroup = inner, true, group
 		}
-		if d := s.srv.policy.Decide(s.az.subj, r); d.Allow {
-			keep = append(keep, sb)
-		} else {
-			denied[i], reason = true, d.Reason
+		if d := s.srv.policy.Decide(az.subj, r); !d.Allow {
+			codes[i], reason = s.failCode(codec.NotAuthorized), d.Reason
+			refused++
 			if !s.denied() {
 				return nil, false
 			}
 		}
 	}
-	switch len(keep) {
-	case len(sub.Subscriptions):
-		return f.Bytes, true
-	case 0:
-		ack := &codec.Suback{PacketID: sub.PacketID, ReasonCodes: make([]byte, len(denied))}
-		for i := range ack.ReasonCodes {
-			ack.ReasonCodes[i] = s.failCode()
+	if limit := s.srv.cfg.Limits.MaxSubscriptions; limit > 0 {
+		for i, sb := range sub.Subscriptions {
+			if codes[i] != 0 {
+				continue
+			}
+			if _, held := az.subs[sb.Filter]; held {
+				continue // a re-subscription replaces, it does not add
+			}
+			if len(az.subs) >= limit {
+				codes[i] = s.failCode(codec.QuotaExceeded)
+				reason = "more than limits.max_subscriptions (" + strconv.Itoa(limit) + ") filters on this connection"
+				refused++
+				s.logger().Info("subscription refused: quota", "client_id", s.info.id, "filter", sb.Filter, "limit", limit)
+				continue
+			}
+			if az.subs == nil {
+				az.subs = make(map[string]struct{})
+			}
+			az.subs[sb.Filter] = struct{}{}
 		}
+	}
+	switch refused {
+	case 0:
+		return f.Bytes, true
+	case len(sub.Subscriptions):
+		ack := &codec.Suback{PacketID: sub.PacketID, ReasonCodes: codes}
 		if s.version == codec.V5 {
 			s.ackReason(&ack.Properties, reason)
 		}
 		return nil, s.replyClient(ack)
 	}
 	fwd := *sub
-	fwd.Subscriptions = keep
-	return p.forwardPart(&fwd, sub.PacketID, codec.SUBACK, denied)
+	fwd.Subscriptions = make([]codec.Subscription, 0, len(codes)-refused)
+	for i, sb := range sub.Subscriptions {
+		if codes[i] == 0 {
+			fwd.Subscriptions = append(fwd.Subscriptions, sb)
+		}
+	}
+	return p.forwardPart(&fwd, sub.PacketID, codec.SUBACK, codes)
 }
 
 func (p clientToBroker) unsubscribe(f codec.Frame, uns *codec.Unsubscribe) ([]byte, bool) {
-	s := p.s
-	if s.srv.policy == nil {
-		return f.Bytes, true
-	}
-	denied := make([]bool, len(uns.Filters))
-	var keep []string
+	s, az := p.s, p.s.az
+	codes := make([]byte, len(uns.Filters))
+	refused := 0
 	for i, filter := range uns.Filters {
+		if s.srv.policy == nil {
+			break
+		}
 		r := &policy.Request{Action: policy.Unsubscribe, Topic: filter}
 		if group, inner, ok := codec.SplitShared(filter); ok {
 			r.Topic, r.Shared, r.ShareGroup = inner, true, group
 		}
-		if s.srv.policy.Decide(s.az.subj, r).Allow {
-			keep = append(keep, filter)
-		} else {
-			denied[i] = true
+		if !s.srv.policy.Decide(az.subj, r).Allow {
+			codes[i] = byte(codec.NotAuthorized)
+			refused++
 		}
 	}
-	switch len(keep) {
-	case len(uns.Filters):
-		return f.Bytes, true
+	for i, filter := range uns.Filters {
+		if codes[i] == 0 {
+			delete(az.subs, filter)
+		}
+	}
+	switch refused {
 	case 0:
+		return f.Bytes, true
+	case len(uns.Filters):
 		ack := &codec.Unsuback{PacketID: uns.PacketID}
 		if s.version == codec.V5 {
-			ack.ReasonCodes = make([]byte, len(denied))
-			for i := range ack.ReasonCodes {
-				ack.ReasonCodes[i] = byte(codec.NotAuthorized)
-			}
+			ack.ReasonCodes = codes
 		}
 		return nil, s.replyClient(ack)
 	}
 	fwd := *uns
-	fwd.Filters = keep
+	fwd.Filters = make([]string, 0, len(codes)-refused)
+	for i, filter := range uns.Filters {
+		if codes[i] == 0 {
+			fwd.Filters = append(fwd.Filters, filter)
+		}
+	}
 	if s.version != codec.V5 {
 		// A 3.x UNSUBACK carries no per-filter codes: the broker's answer
 		// goes through as it is.
 		b, err := fwd.Append(nil, s.version)
 		return b, p.encoded(err)
 	}
-	return p.forwardPart(&fwd, uns.PacketID, codec.UNSUBACK, denied)
+	return p.forwardPart(&fwd, uns.PacketID, codec.UNSUBACK, codes)
 }
 
 // forwardPart forwards the permitted part of a SUBSCRIBE or UNSUBSCRIBE
-// under the same packet id, and remembers the denials for the answer.
-func (p clientToBroker) forwardPart(pk codec.Packet, id uint16, ack codec.PacketType, denied []bool) ([]byte, bool) {
+// under the same packet id, and remembers moat's codes for the answer.
+func (p clientToBroker) forwardPart(pk codec.Packet, id uint16, ack codec.PacketType, codes []byte) ([]byte, bool) {
 	s := p.s
 	b, err := pk.Append(nil, s.version)
 	if !p.encoded(err) {
@@ -480,7 +525,7 @@ func (p clientToBroker) forwardPart(pk codec.Packet, id uint16, ack codec.Packet
 	if s.az.pending == nil {
 		s.az.pending = make(map[uint16]*merge)
 	}
-	s.az.pending[id] = &merge{ack: ack, denied: denied}
+	s.az.pending[id] = &merge{ack: ack, codes: codes}
 	s.az.mu.Unlock()
 	return b, true
 }
@@ -498,11 +543,11 @@ func (p clientToBroker) encoded(err error) bool {
 // UNSUBACK get the denials merged back in.
 func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool) {
 	s, az := p.s, p.s.az
-	if s.srv.policy == nil {
-		return f.Bytes, true // payload rules only: nothing to decide on the way back
-	}
 	switch pk := pk.(type) {
 	case *codec.Publish:
+		if s.srv.policy == nil {
+			return f.Bytes, true
+		}
 		if s.version == codec.V5 && pk.Properties.Has(codec.PropTopicAlias) {
 			// moat withholds the client's Topic Alias Maximum from the
 			// broker, so every delivery names its topic [MQTT-3.3.2-10].
@@ -527,6 +572,9 @@ func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 		}
 		return nil, true
 	case *codec.Ack:
+		if s.finished(pk) {
+			s.release()
+		}
 		if pk.PacketType == codec.PUBREL && az.droppedRel != nil {
 			if _, ok := az.droppedRel[pk.PacketID]; ok {
 				delete(az.droppedRel, pk.PacketID)
@@ -555,8 +603,8 @@ func (p brokerToClient) merge(f codec.Frame, t codec.PacketType, id uint16, code
 		return f.Bytes, true
 	}
 	allowed := 0
-	for _, d := range m.denied {
-		if !d {
+	for _, c := range m.codes {
+		if c == 0 {
 			allowed++
 		}
 	}
@@ -565,17 +613,14 @@ func (p brokerToClient) merge(f codec.Frame, t codec.PacketType, id uint16, code
 		s.end(endUpstreamError, codec.ProtocolError, "upstream broker sent an invalid packet")
 		return nil, false
 	}
-	merged := make([]byte, len(m.denied))
 	j := 0
-	for i, d := range m.denied {
-		if d {
-			merged[i] = s.failCode()
-		} else {
-			merged[i] = (*codes)[j]
+	for i, c := range m.codes {
+		if c == 0 {
+			m.codes[i] = (*codes)[j]
 			j++
 		}
 	}
-	*codes = merged
+	*codes = m.codes
 	b, err := pk.Append(nil, s.version)
 	if err != nil {
 		s.end(endUpstreamError, codec.ReasonOf(err), "re-encoding "+t.String()+": "+err.Error())

@@ -21,6 +21,17 @@ func (s *session) connectLimits(c *codec.Connect) bool {
 		s.sendConnack(c.Version, codec.ClientIdentifierNotValid, codec.ConnRefusedIdentifier311)
 		return false
 	}
+	if c.Version == codec.V5 {
+		why := s.userPropsOver(&c.Properties)
+		if why == "" && c.Will != nil {
+			why = s.userPropsOver(&c.Will.Properties)
+		}
+		if why != "" {
+			s.logger().Info("CONNECT over a limit", "error", why)
+			s.sendConnack(c.Version, codec.ImplementationSpecificError, 0)
+			return false
+		}
+	}
 	if c.Will != nil {
 		if err := s.topicLimit(c.Will.Topic); err != "" {
 			s.logger().Info("will topic over a limit", "error", err)
@@ -62,6 +73,14 @@ func (s *session) clampKeepAlive(ka uint16) uint16 {
 // is off) and false when the session ended.
 func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, bool) {
 	s := p.s
+	if s.version == codec.V5 {
+		if props := propertiesOf(pk); props != nil {
+			if why := s.userPropsOver(props); why != "" {
+				s.end(endClientError, codec.ImplementationSpecificError, why)
+				return nil, false
+			}
+		}
+	}
 	switch pk := pk.(type) {
 	case *codec.Publish:
 		if mq := s.lst.cfg.MaxQoS; mq != nil && int(pk.QoS) > *mq {
@@ -140,6 +159,9 @@ func (s *session) takeBucket() {
 		key = "id:" + s.info.id // anonymous: its client id
 	}
 	s.bucketKey = key
+	if s.topicRates == nil {
+		s.topicRates = s.srv.topicRates
+	}
 }
 
 // limit applies the client's budget to a PUBLISH or SUBSCRIBE before
@@ -154,10 +176,7 @@ func (p clientToBroker) limit(f codec.Frame, pk codec.Packet) (goOn bool) {
 		s.bucket = s.srv.rates.Get(s.bucketKey)
 	}
 	now := time.Now()
-	action := s.srv.cfg.Limits.Rate.Action
-	if action == "reject" && s.version != codec.V5 {
-		action = "pace" // 3.x has no way to say "too fast"
-	}
+	action := p.action()
 	if f.Type == codec.SUBSCRIBE {
 		if action == "reject" {
 			action = "pace"
@@ -173,6 +192,48 @@ func (p clientToBroker) limit(f codec.Frame, pk codec.Packet) (goOn bool) {
 		return p.over(action, time.Nanosecond, pub)
 	}
 	return p.over(action, s.bucket.Publish(now, len(f.Bytes)), pub)
+}
+
+// action is what limits.rate.action does to this client.
+func (p clientToBroker) action() string {
+	action := p.s.srv.cfg.Limits.Rate.Action
+	if action == "reject" && p.s.version != codec.V5 {
+		action = "pace" // 3.x has no way to say "too fast"
+	}
+	return action
+}
+
+// topicRate applies the first topic rule (limits.topic_rates, or the
+// policy's for this client) whose filters match the alias-resolved
+// topic. Topics no rule names pay only the match.
+func (p clientToBroker) topicRate(topic string, pub *codec.Publish) bool {
+	s := p.s
+	for i := range s.topicRates {
+		tr := &s.topicRates[i]
+		if !matchesAny(tr.Filters, topic) {
+			continue
+		}
+		now := time.Now()
+		switch action := p.action(); action {
+		case "reject", "disconnect":
+			if s.bucket.TopicAllow(i, now, tr) {
+				return true
+			}
+			return p.over(action, time.Nanosecond, pub)
+		default:
+			return p.over(action, s.bucket.TopicWait(i, now, tr), pub)
+		}
+	}
+	return true
+}
+
+func matchesAny(filters []string, topic string) bool {
+	for _, f := range filters {
+		if codec.TopicMatches(f, topic) {
+			return true
+		}
+	}
+	return false
 }
 
 // over acts on a packet that is delay over the budget.

@@ -123,7 +123,7 @@ func (p clientToBroker) handle() bool {
 		return !s.ended.Load() && s.relay(nil, s.cr, s.uw, true)
 	}
 	out, ok := p.protocolLimits(f, pk)
-	if ok && s.az != nil {
+	if ok {
 		f.Bytes = out // a stripped retain flag is what the broker sees
 		out, ok = p.authorize(f, pk)
 	}
@@ -262,10 +262,7 @@ func (p brokerToClient) handle() bool {
 		s.end(endUpstreamDisconnect, codec.Success, "broker sent DISCONNECT")
 		return false
 	}
-	out, ok := f.Bytes, true
-	if s.az != nil {
-		out, ok = p.authorize(f, pk)
-	}
+	out, ok := p.authorize(f, pk)
 	scratchPool.Put(sc)
 	return ok && s.relay(out, s.ur, s.cw, false)
 }

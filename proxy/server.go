@@ -41,8 +41,9 @@ type Server struct {
 	authSem    chan struct{}      // bounds concurrent password hashing (CPU and memory)
 	conns      *ratelimit.Conns   // connection limits, checked at accept
 	rates      *ratelimit.Clients // per-client PUBLISH/SUBSCRIBE budgets
-	abuse      *ratelimit.Bans    // denials per address; nil: off
-	decoyBans  *ratelimit.Bans    // addresses that touched a decoy
+	topicRates []ratelimit.TopicRule
+	abuse      *ratelimit.Bans // denials per address; nil: off
+	decoyBans  *ratelimit.Bans // addresses that touched a decoy
 	decoyUsers map[string]bool
 	alerts     atomic.Uint64
 	bansAddr   *ratelimit.Bans  // failed logins per source address; nil: off
@@ -166,6 +167,13 @@ func (s *Server) loadLimits() {
 		Bytes: rate.Limit(off(float64(r.BytesPerSecond))), ByteBurst: int(r.BytesBurst),
 		Subscribes: rate.Limit(off(r.SubscribePerSecond)), SubscribeBurst: r.SubscribeBurst,
 	}, r.Clients)
+	for _, tr := range s.cfg.Limits.TopicRates {
+		burst := tr.PublishBurst
+		if burst == 0 {
+			burst = max(int(tr.PublishPerSecond), 1)
+		}
+		s.topicRates = append(s.topicRates, ratelimit.TopicRule{Filters: tr.Topics, PerSecond: tr.PublishPerSecond, Burst: burst})
+	}
 }
 
 // loadAuth reads the password file and sets up the methods.

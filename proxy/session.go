@@ -93,7 +93,7 @@ type session struct {
 	// clientMaxPacket is the client's own Maximum Packet Size (MQTT 5), for
 	// packets moat writes to it; 0 means no limit beyond the protocol's.
 	clientMaxPacket int
-	// az is the policy state; nil in allow_all mode.
+	// az is the per-connection policy and limits state.
 	az *authz
 	// ident is who the client proved to be; cert is its verified
 	// certificate, if it presented one.
@@ -102,7 +102,8 @@ type session struct {
 	assignedID bool              // moat gave the client its identity as client id
 	bucket     *ratelimit.Client // the client's PUBLISH/SUBSCRIBE budget
 	bucketKey  string
-	expiry     *time.Timer // ends the session when its token expires
+	topicRates []ratelimit.TopicRule // per topic budgets (config, or the policy's for this client)
+	expiry     *time.Timer           // ends the session when its token expires
 
 	pumps    atomic.Int32 // pumps still running
 	draining atomic.Bool
@@ -268,10 +269,17 @@ func (s *session) establish() error {
 	if s.srv.policy != nil && !s.authorizeConnect(c) {
 		return errors.New("connection not authorized")
 	}
-	if s.az == nil && s.srv.payload != nil {
-		// Payload rules need the topic behind every alias, and the
-		// refusal machinery, even without a policy.
+	if s.az == nil {
+		// Payload rules and the per-connection limits need the topic
+		// behind every alias, and the refusal machinery, even without a
+		// policy.
 		s.az = &authz{problemInfo: !(c.Version == codec.V5 && c.Properties.Has(codec.PropRequestProblemInfo) && c.Properties.RequestProblemInfo == 0)}
+	}
+	if n := lim.MaxInflight; n > 0 {
+		s.az.inflight.max = int32(n)
+		if c.Version != codec.V5 {
+			s.az.inflight.free = make(chan struct{}, 1)
+		}
 	}
 	s.lastRead = time.Now()
 	s.info = clientInfo{id: c.ClientID, username: c.Username, keepAlive: c.KeepAlive, cleanStart: c.CleanStart}
@@ -348,7 +356,13 @@ func (s *session) establish() error {
 			ack.Properties.RetainAvailable = 0
 			connack = nil
 		}
-		if s.az != nil && ack.Properties.Has(codec.PropTopicAliasMaximum) {
+		if n := lim.MaxInflight; n > 0 && (!ack.Properties.Has(codec.PropReceiveMaximum) || int(ack.Properties.ReceiveMaximum) > n) {
+			// [MQTT-3.3.4-9] the client may have no more than this in flight.
+			ack.Properties.Set(codec.PropReceiveMaximum)
+			ack.Properties.ReceiveMaximum = uint16(n)
+			connack = nil
+		}
+		if ack.Properties.Has(codec.PropTopicAliasMaximum) {
 			s.az.aliasMax = ack.Properties.TopicAliasMaximum
 		}
 		// Tell the client the largest packet moat accepts [MQTT-3.2.2-15].
@@ -394,6 +408,12 @@ func (s *session) upstreamConnect(c *codec.Connect, orig []byte) ([]byte, error)
 		// cutting the session here.
 		fwd.Properties.Set(codec.PropMaximumPacketSize)
 		fwd.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
+		changed = true
+	}
+	if n := lim.MaxInflight; c.Version == codec.V5 && n > 0 && (!c.Properties.Has(codec.PropReceiveMaximum) || int(c.Properties.ReceiveMaximum) > n) {
+		// The broker may have no more than this in flight to the client.
+		fwd.Properties.Set(codec.PropReceiveMaximum)
+		fwd.Properties.ReceiveMaximum = uint16(n)
 		changed = true
 	}
 	if c.Version == codec.V5 && s.srv.policy != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0 {

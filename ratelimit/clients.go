@@ -23,6 +23,9 @@ type Rates struct {
 // the budget of a connected client.
 type Client struct {
 	msgs, bytes, subs *rate.Limiter
+
+	mu     sync.Mutex
+	topics []*rate.Limiter // per topic rule, made at first use
 }
 
 // Clients is a bounded registry of per-client buckets: a million client
@@ -109,4 +112,45 @@ func take(l *rate.Limiter, now time.Time, n int) time.Duration {
 		return 0
 	}
 	return r.DelayFrom(now)
+}
+
+// TopicRule is a per-client budget shared by publishes to the topics its
+// filters match.
+type TopicRule struct {
+	Filters   []string
+	PerSecond float64
+	Burst     int // at least 1
+}
+
+// topic returns the bucket for topic rule i, making it (full) at first
+// use and following a changed rate.
+func (c *Client) topic(i int, tr *TopicRule) *rate.Limiter {
+	r, b := rate.Limit(tr.PerSecond), max(tr.Burst, 1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i >= len(c.topics) {
+		c.topics = append(c.topics, make([]*rate.Limiter, i+1-len(c.topics))...)
+	}
+	l := c.topics[i]
+	switch {
+	case l == nil:
+		l = rate.NewLimiter(r, b)
+		c.topics[i] = l
+	case l.Limit() != r || l.Burst() != b:
+		l.SetLimit(r)
+		l.SetBurst(b)
+	}
+	return l
+}
+
+// TopicWait takes one publish from topic rule i's budget and returns how
+// long the client must wait for it.
+func (c *Client) TopicWait(i int, now time.Time, tr *TopicRule) time.Duration {
+	return take(c.topic(i, tr), now, 1)
+}
+
+// TopicAllow takes one publish from topic rule i's budget only if it
+// fits now.
+func (c *Client) TopicAllow(i int, now time.Time, tr *TopicRule) bool {
+	return c.topic(i, tr).AllowN(now, 1)
 }

@@ -136,3 +136,27 @@ func TestConns(t *testing.T) {
 		t.Fatalf("open %d", c.Open())
 	}
 }
+
+func TestTopicBudgets(t *testing.T) {
+	cs := NewClients(Rates{}, 10)
+	c := cs.Get("a")
+	tr := &TopicRule{Filters: []string{"t/#"}, PerSecond: 1, Burst: 2}
+	now := time.Now()
+	for i, want := range []bool{true, true, false} {
+		if got := c.TopicAllow(0, now, tr); got != want {
+			t.Fatalf("publish %d: allowed %v with a burst of 2", i, got)
+		}
+	}
+	// Rule 1 has its own budget.
+	if d := c.TopicWait(1, now, &TopicRule{PerSecond: 1, Burst: 1}); d != 0 {
+		t.Fatalf("a fresh rule waits %v", d)
+	}
+	// Rule 0 is empty: the next publish waits about a second.
+	if d := c.TopicWait(0, now, tr); d < 900*time.Millisecond || d > 1100*time.Millisecond {
+		t.Fatalf("wait %v, want ~1s", d)
+	}
+	// A changed rate is followed, the bucket kept.
+	if c.TopicAllow(0, now, &TopicRule{PerSecond: 1000, Burst: 2}) {
+		t.Fatal("a rate change refilled the bucket")
+	}
+}

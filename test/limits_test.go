@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -242,5 +245,171 @@ func TestProtocolLimits(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if late.count() != 0 {
 		t.Fatal("a stripped retained message was stored by the broker")
+	}
+}
+
+// TestConnectionQuotas hits the per-connection limits: subscriptions,
+// QoS 1/2 in flight each way, and user properties. (The pacing of a
+// 3.x client over max_inflight needs a broker that holds its acks: a
+// proxy package test.)
+func TestConnectionQuotas(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Limits.MaxSubscriptions = 3
+		c.Limits.MaxInflight = 2
+		c.Limits.MaxUserProperties = 2
+		c.Limits.MaxUserPropertyBytes = 64
+	})
+	suback := func(c *mqtttest.Raw, id uint16, filters ...string) []byte {
+		t.Helper()
+		sub := &codec.Subscribe{PacketID: id}
+		for _, f := range filters {
+			sub.Subscriptions = append(sub.Subscriptions, codec.Subscription{Filter: f, QoS: 1})
+		}
+		c.SendPacket(sub)
+		a, ok := c.Expect(5 * time.Second).(*codec.Suback)
+		if !ok || a.PacketID != id {
+			t.Fatalf("SUBACK %#v", a)
+		}
+		return a.ReasonCodes
+	}
+	t.Run("subscriptions", func(t *testing.T) {
+		for _, v := range []codec.Version{codec.V5, codec.V311} {
+			c := mqtttest.DialRaw(t, e.plain, nil)
+			c.Connect(v, "subs"+strconv.Itoa(int(v)), 30)
+			if got := suback(c, 1, "q/1", "q/2"); !bytes.Equal(got, []byte{1, 1}) {
+				t.Fatalf("v%d first SUBACK %x", v, got)
+			}
+			// q/1 again replaces; q/3 is the third; q/4 is one too many.
+			want := []byte{1, 1, byte(codec.QuotaExceeded)}
+			if v != codec.V5 {
+				want[2] = codec.SubackFailure311
+			}
+			if got := suback(c, 2, "q/1", "q/3", "q/4"); !bytes.Equal(got, want) {
+				t.Fatalf("v%d SUBACK %x, want %x", v, got, want)
+			}
+			// The refused filter never reached the broker.
+			pub := paho5(t, e.broker.Addr, nil, "quota-pub"+strconv.Itoa(int(v)), nil)
+			pub5(t, pub, "q/4", "no", 0, false)
+			pub5(t, pub, "q/3", "yes", 0, false)
+			if p, ok := c.Expect(5 * time.Second).(*codec.Publish); !ok || string(p.Topic) != "q/3" {
+				t.Fatalf("v%d delivery %#v, want q/3 only", v, p)
+			}
+			// Unsubscribing frees a place.
+			c.SendPacket(&codec.Unsubscribe{PacketID: 3, Filters: []string{"q/1"}})
+			if _, ok := c.Expect(5 * time.Second).(*codec.Unsuback); !ok {
+				t.Fatal("no UNSUBACK")
+			}
+			if got := suback(c, 4, "q/4"); !bytes.Equal(got, []byte{1}) {
+				t.Fatalf("v%d SUBACK after unsubscribe %x", v, got)
+			}
+		}
+	})
+	t.Run("inflight v5", func(t *testing.T) {
+		c := mqtttest.DialRaw(t, e.plain, nil)
+		ack := c.Connect(codec.V5, "infl5", 30)
+		if !ack.Properties.Has(codec.PropReceiveMaximum) || ack.Properties.ReceiveMaximum != 2 {
+			t.Fatalf("CONNACK Receive Maximum %d, want 2", ack.Properties.ReceiveMaximum)
+		}
+		// QoS 2 without PUBREL stays in flight: the third is one too many.
+		for id := uint16(1); id <= 2; id++ {
+			c.SendPacket(&codec.Publish{Topic: []byte("f/x"), QoS: 2, PacketID: id, Payload: []byte("m")})
+			if a, ok := c.Expect(5 * time.Second).(*codec.Ack); !ok || a.PacketType != codec.PUBREC || a.ReasonCode != 0 {
+				t.Fatalf("want PUBREC, got %#v", a)
+			}
+		}
+		c.SendPacket(&codec.Publish{Topic: []byte("f/x"), QoS: 2, PacketID: 3, Payload: []byte("m")})
+		c.ExpectDisconnect(codec.ReceiveMaximumExceeded, 5*time.Second)
+	})
+	t.Run("receive maximum to the broker", func(t *testing.T) {
+		c := mqtttest.DialRaw(t, e.plain, nil)
+		c.Connect(codec.V5, "rm5", 30)
+		if got := suback(c, 1, "h/#"); !bytes.Equal(got, []byte{1}) {
+			t.Fatalf("SUBACK %x", got)
+		}
+		pub := paho5(t, e.broker.Addr, nil, "rm-pub", nil)
+		for i := 0; i < 4; i++ {
+			pub5(t, pub, "h/x", strconv.Itoa(i), 1, false)
+		}
+		// The broker holds back what the client has not acknowledged.
+		var ids []uint16
+		for {
+			p, err := c.Read(700 * time.Millisecond)
+			if err != nil {
+				break
+			}
+			if pk, ok := p.(*codec.Publish); ok {
+				ids = append(ids, pk.PacketID)
+			}
+		}
+		if len(ids) != 2 {
+			t.Fatalf("%d deliveries unacknowledged, want 2 (Receive Maximum)", len(ids))
+		}
+		c.SendPacket(&codec.Ack{PacketType: codec.PUBACK, PacketID: ids[0]})
+		if _, ok := c.Expect(5 * time.Second).(*codec.Publish); !ok {
+			t.Fatal("no delivery after an ack freed a slot")
+		}
+	})
+	t.Run("user properties", func(t *testing.T) {
+		props := func(kv ...string) codec.Properties {
+			var p codec.Properties
+			p.Set(codec.PropUser)
+			for i := 0; i+1 < len(kv); i += 2 {
+				p.User = append(p.User, codec.UserProperty{Key: []byte(kv[i]), Value: []byte(kv[i+1])})
+			}
+			return p
+		}
+		c := mqtttest.DialRaw(t, e.plain, nil)
+		c.Connect(codec.V5, "up-ok", 30)
+		c.SendPacket(&codec.Publish{Topic: []byte("u/x"), QoS: 1, PacketID: 1, Properties: props("a", "1", "b", "2")})
+		if a, ok := c.Expect(5 * time.Second).(*codec.Ack); !ok || a.ReasonCode >= 0x80 {
+			t.Fatalf("two user properties: %#v", a)
+		}
+		c.SendPacket(&codec.Publish{Topic: []byte("u/x"), QoS: 1, PacketID: 2, Properties: props("a", "1", "b", "2", "c", "3")})
+		c.ExpectDisconnect(codec.ImplementationSpecificError, 5*time.Second)
+
+		c = mqtttest.DialRaw(t, e.plain, nil)
+		c.Connect(codec.V5, "up-big", 30)
+		c.SendPacket(&codec.Subscribe{PacketID: 1, Properties: props("k", strings.Repeat("v", 64)),
+			Subscriptions: []codec.Subscription{{Filter: "u/#"}}})
+		c.ExpectDisconnect(codec.ImplementationSpecificError, 5*time.Second)
+
+		c = mqtttest.DialRaw(t, e.plain, nil)
+		c.V = codec.V5
+		c.SendPacket(&codec.Connect{Version: codec.V5, ClientID: "up-con", CleanStart: true, Properties: props("a", "1", "b", "2", "c", "3")})
+		if a, ok := c.Expect(5 * time.Second).(*codec.Connack); !ok || a.ReasonCode != byte(codec.ImplementationSpecificError) {
+			t.Fatalf("CONNECT with three user properties: %#v", a)
+		}
+	})
+}
+
+// A topic rate is a budget per client shared by every topic its filters
+// match; other topics and other clients are not charged.
+func TestTopicRates(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Limits.Rate = config.ClientRate{PublishPerSecond: -1, BytesPerSecond: -1, SubscribePerSecond: -1, Action: "reject"}
+		c.Limits.TopicRates = []config.TopicRate{{Topics: []string{"tr/+/telemetry"}, PublishPerSecond: 0.5, PublishBurst: 2}}
+	})
+	codes := func(c *paho.Client, topics ...string) []byte {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var out []byte
+		for _, tp := range topics {
+			r, err := c.Publish(ctx, &paho.Publish{Topic: tp, QoS: 1, Payload: []byte("v")})
+			if r == nil {
+				t.Fatal(err)
+			}
+			out = append(out, r.ReasonCode&0x80) // 0x80: refused
+		}
+		return out
+	}
+	a := paho5(t, e.plain, nil, "tr-a", nil)
+	// Burst 2, shared by both telemetry topics; other topics are free.
+	if got := codes(a, "tr/1/telemetry", "tr/2/telemetry", "tr/3/telemetry", "tr/1/status", "tr/1/status", "tr/1/status"); !bytes.Equal(got, []byte{0, 0, 0x80, 0, 0, 0}) {
+		t.Fatalf("refusals %x", got)
+	}
+	b := paho5(t, e.plain, nil, "tr-b", nil)
+	if got := codes(b, "tr/1/telemetry"); !bytes.Equal(got, []byte{0}) {
+		t.Fatalf("another client was charged: %x", got)
 	}
 }
