@@ -34,6 +34,7 @@ const (
 	allowQuery   = "data.moat.authz.allow"
 	reasonQuery  = "data.moat.authz.reason"
 	dollarQuery  = "data.moat.authz.allow_dollar"
+	limitsQuery  = "data.moat.authz.limits"
 	defaultTTL   = time.Minute
 	defaultSize  = 100_000
 	defaultEvalT = 100 * time.Millisecond
@@ -84,6 +85,8 @@ type revision struct {
 	dollar        rego.PreparedEvalQuery
 	hasReason     bool
 	hasDollar     bool
+	limits        rego.PreparedEvalQuery
+	hasLimits     bool
 	cache         *lru.Cache[cacheKey, cached]
 	stamp         string // file names, sizes and times, for the watcher
 }
@@ -200,6 +203,11 @@ func (e *Engine) compile() (*revision, error) {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
 	}
+	if rev.hasLimits = definesRule(modules, "limits"); rev.hasLimits {
+		if rev.limits, err = prep(limitsQuery); err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+	}
 	if err := smoke(rev); err != nil {
 		return nil, err
 	}
@@ -238,6 +246,15 @@ func smoke(rev *revision) error {
 		r := &Request{Action: a, Topic: "moat/smoke", QoS: 1}
 		if _, _, err := evalBool(context.Background(), rev.allow, s.input(r)); err != nil {
 			return fmt.Errorf("policy: smoke evaluation of %q: %w", a, err)
+		}
+	}
+	if rev.hasLimits {
+		if rs, err := rev.limits.Eval(context.Background(), rego.EvalParsedInput(s.input(&Request{Action: Connect}))); err != nil {
+			return fmt.Errorf("policy: smoke evaluation of limits: %w", err)
+		} else if len(rs) == 1 && len(rs[0].Expressions) == 1 {
+			if _, err := parseLimits(rs[0].Expressions[0].Value); err != nil {
+				return fmt.Errorf("policy: smoke evaluation of %w", err)
+			}
 		}
 	}
 	return nil

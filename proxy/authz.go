@@ -170,7 +170,16 @@ func (s *session) authorizeConnect(c *codec.Connect) bool {
 			QoS: c.Will.QoS, Retain: c.Will.Retain, Will: true, Props: propsOf(&c.Will.Properties, c.Version)})
 	}
 	if d.Allow {
-		return true
+		if eng.Mode() == policy.Shadow {
+			return true // a policy on trial throttles nobody yet
+		}
+		lim, err := eng.Limits(s.az.subj)
+		if err == nil {
+			s.applyLimits(lim)
+			return true
+		}
+		s.logger().Error("policy limits failed; refusing the connection", "client_id", c.ClientID, "error", err)
+		d.Reason = "policy limits failed"
 	}
 	s.logger().Info("connection not authorized", "client_id", c.ClientID, "reason", d.Reason)
 	ack := &codec.Connack{ReasonCode: codec.ConnRefusedNotAuthorized311}

@@ -6,8 +6,11 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"golang.org/x/time/rate"
+
 	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/policy"
+	"github.com/moat-mqtt/moat/ratelimit"
 )
 
 // connectLimits checks CONNECT against the protocol limits: client id
@@ -174,6 +177,9 @@ func (p clientToBroker) limit(f codec.Frame, pk codec.Packet) (goOn bool) {
 	}
 	if s.bucket == nil {
 		s.bucket = s.srv.rates.Get(s.bucketKey)
+		if s.policyRates != nil {
+			s.bucket.Override(*s.policyRates)
+		}
 	}
 	now := time.Now()
 	action := p.action()
@@ -271,4 +277,22 @@ func (p clientToBroker) over(action string, delay time.Duration, pub *codec.Publ
 		delay -= step
 	}
 	return !s.ended.Load()
+}
+
+// applyLimits takes the budgets the policy gave this client, if any.
+func (s *session) applyLimits(l *policy.Limits) {
+	if l == nil {
+		return
+	}
+	s.policyRates = &ratelimit.Rates{
+		Messages: rate.Limit(l.PublishPerSecond), MessageBurst: l.PublishBurst,
+		Bytes: rate.Limit(l.BytesPerSecond), ByteBurst: l.BytesBurst,
+		Subscribes: rate.Limit(l.SubscribePerSecond), SubscribeBurst: l.SubscribeBurst,
+	}
+	if l.TopicRates != nil {
+		s.topicRates = make([]ratelimit.TopicRule, 0, len(l.TopicRates))
+		for _, tr := range l.TopicRates {
+			s.topicRates = append(s.topicRates, ratelimit.TopicRule{Filters: tr.Topics, PerSecond: tr.PublishPerSecond, Burst: tr.PublishBurst})
+		}
+	}
 }

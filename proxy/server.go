@@ -168,11 +168,7 @@ func (s *Server) loadLimits() {
 		Subscribes: rate.Limit(off(r.SubscribePerSecond)), SubscribeBurst: r.SubscribeBurst,
 	}, r.Clients)
 	for _, tr := range s.cfg.Limits.TopicRates {
-		burst := tr.PublishBurst
-		if burst == 0 {
-			burst = max(int(tr.PublishPerSecond), 1)
-		}
-		s.topicRates = append(s.topicRates, ratelimit.TopicRule{Filters: tr.Topics, PerSecond: tr.PublishPerSecond, Burst: burst})
+		s.topicRates = append(s.topicRates, ratelimit.TopicRule{Filters: tr.Topics, PerSecond: tr.PublishPerSecond, Burst: tr.PublishBurst})
 	}
 }
 

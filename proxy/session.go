@@ -97,13 +97,14 @@ type session struct {
 	az *authz
 	// ident is who the client proved to be; cert is its verified
 	// certificate, if it presented one.
-	ident      auth.Identity
-	cert       *x509.Certificate
-	assignedID bool              // moat gave the client its identity as client id
-	bucket     *ratelimit.Client // the client's PUBLISH/SUBSCRIBE budget
-	bucketKey  string
-	topicRates []ratelimit.TopicRule // per topic budgets (config, or the policy's for this client)
-	expiry     *time.Timer           // ends the session when its token expires
+	ident       auth.Identity
+	cert        *x509.Certificate
+	assignedID  bool              // moat gave the client its identity as client id
+	bucket      *ratelimit.Client // the client's PUBLISH/SUBSCRIBE budget
+	bucketKey   string
+	topicRates  []ratelimit.TopicRule // per topic budgets (config, or the policy's for this client)
+	policyRates *ratelimit.Rates      // the policy's rates for this client, if it gave any
+	expiry      *time.Timer           // ends the session when its token expires
 
 	pumps    atomic.Int32 // pumps still running
 	draining atomic.Bool

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -22,7 +23,9 @@ type Rates struct {
 // its whole life, so the registry evicting an idle entry never resets
 // the budget of a connected client.
 type Client struct {
-	msgs, bytes, subs *rate.Limiter
+	// Swapped whole when a policy sets this client's rates, read by the
+	// sessions that share the budget.
+	msgs, bytes, subs atomic.Pointer[rate.Limiter]
 
 	mu     sync.Mutex
 	topics []*rate.Limiter // per topic rule, made at first use
@@ -51,13 +54,39 @@ func (cs *Clients) Get(key string) *Client {
 	if c, ok := cs.cache.Get(key); ok {
 		return c
 	}
-	c := &Client{
-		msgs:  limiter(cs.rates.Messages, cs.rates.MessageBurst),
-		bytes: limiter(cs.rates.Bytes, cs.rates.ByteBurst),
-		subs:  limiter(cs.rates.Subscribes, cs.rates.SubscribeBurst),
-	}
+	c := &Client{}
+	c.msgs.Store(limiter(cs.rates.Messages, cs.rates.MessageBurst))
+	c.bytes.Store(limiter(cs.rates.Bytes, cs.rates.ByteBurst))
+	c.subs.Store(limiter(cs.rates.Subscribes, cs.rates.SubscribeBurst))
 	cs.cache.Add(key, c)
 	return c
+}
+
+// Override sets the rates a policy gave this client: a positive rate
+// replaces the configured one (its bucket keeps what it holds, up to the
+// new burst), a negative one removes the limit, zero keeps it.
+func (c *Client) Override(r Rates) {
+	set := func(p *atomic.Pointer[rate.Limiter], lim rate.Limit, burst int) {
+		switch {
+		case lim < 0:
+			p.Store(nil)
+		case lim > 0:
+			if burst <= 0 {
+				burst = max(int(lim), 1)
+			}
+			if l := p.Load(); l != nil {
+				if l.Limit() != lim || l.Burst() != burst {
+					l.SetLimit(lim)
+					l.SetBurst(burst)
+				}
+				return
+			}
+			p.Store(rate.NewLimiter(lim, burst))
+		}
+	}
+	set(&c.msgs, r.Messages, r.MessageBurst)
+	set(&c.bytes, r.Bytes, r.ByteBurst)
+	set(&c.subs, r.Subscribes, r.SubscribeBurst)
 }
 
 // Put marks key's buckets as recently used again (a session ending), so
@@ -83,23 +112,24 @@ func limiter(r rate.Limit, burst int) *rate.Limiter {
 // once). A message larger than the byte burst is charged the burst, so
 // it waits but is never refused forever.
 func (c *Client) Publish(now time.Time, n int) time.Duration {
-	return max(take(c.msgs, now, 1), take(c.bytes, now, n))
+	return max(take(c.msgs.Load(), now, 1), take(c.bytes.Load(), now, n))
 }
 
 // Subscribe takes one SUBSCRIBE from the budget.
-func (c *Client) Subscribe(now time.Time) time.Duration { return take(c.subs, now, 1) }
+func (c *Client) Subscribe(now time.Time) time.Duration { return take(c.subs.Load(), now, 1) }
 
 // Allow reports whether a message of n bytes fits the budgets now,
 // taking it only if it does (for modes that refuse rather than wait).
 func (c *Client) Allow(now time.Time, n int) bool {
-	if c.msgs != nil && c.msgs.TokensAt(now) < 1 {
+	msgs, bytes := c.msgs.Load(), c.bytes.Load()
+	if msgs != nil && msgs.TokensAt(now) < 1 {
 		return false
 	}
-	if c.bytes != nil && c.bytes.TokensAt(now) < float64(min(n, c.bytes.Burst())) {
+	if bytes != nil && bytes.TokensAt(now) < float64(min(n, bytes.Burst())) {
 		return false
 	}
-	take(c.msgs, now, 1)
-	take(c.bytes, now, n)
+	take(msgs, now, 1)
+	take(bytes, now, n)
 	return true
 }
 
@@ -119,13 +149,16 @@ func take(l *rate.Limiter, now time.Time, n int) time.Duration {
 type TopicRule struct {
 	Filters   []string
 	PerSecond float64
-	Burst     int // at least 1
+	Burst     int // 0: the rate (at least 1)
 }
 
 // topic returns the bucket for topic rule i, making it (full) at first
 // use and following a changed rate.
 func (c *Client) topic(i int, tr *TopicRule) *rate.Limiter {
-	r, b := rate.Limit(tr.PerSecond), max(tr.Burst, 1)
+	r, b := rate.Limit(tr.PerSecond), tr.Burst
+	if b <= 0 {
+		b = max(int(tr.PerSecond), 1) // default: a second's worth
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if i >= len(c.topics) {

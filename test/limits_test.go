@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -411,5 +414,48 @@ func TestTopicRates(t *testing.T) {
 	b := paho5(t, e.plain, nil, "tr-b", nil)
 	if got := codes(b, "tr/1/telemetry"); !bytes.Equal(got, []byte{0}) {
 		t.Fatalf("another client was charged: %x", got)
+	}
+}
+
+// Budgets from the policy: one identity gets its own message rate,
+// another a topic budget; clients the rule does not name keep the
+// configured ones.
+func TestPolicyLimits(t *testing.T) {
+	dir := t.TempDir()
+	rules := `package moat.authz
+allow := true
+limits := {"publish_per_second": 0.5, "publish_burst": 1} if input.client.id == "slow"
+limits := {"topic_rates": [{"topics": ["pl/+/telemetry"], "publish_per_second": 0.5, "publish_burst": 1}]} if input.client.id == "sensor"
+`
+	if err := os.WriteFile(filepath.Join(dir, "limits.rego"), []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, func(c *config.Config) {
+		c.Policy = &config.Policy{Mode: config.ModeEnforce, Paths: []string{dir}, WatchInterval: config.OptDuration{Set: true}}
+		c.Limits.Rate = config.ClientRate{PublishPerSecond: -1, BytesPerSecond: -1, SubscribePerSecond: -1, Action: "reject"}
+	})
+	refused := func(id string, topics ...string) []bool {
+		t.Helper()
+		c := paho5(t, e.plain, nil, id, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var out []bool
+		for _, tp := range topics {
+			r, err := c.Publish(ctx, &paho.Publish{Topic: tp, QoS: 1, Payload: []byte("v")})
+			if r == nil {
+				t.Fatal(err)
+			}
+			out = append(out, r.ReasonCode == byte(codec.QuotaExceeded))
+		}
+		return out
+	}
+	if got := refused("slow", "a", "b"); !reflect.DeepEqual(got, []bool{false, true}) {
+		t.Fatalf("slow: refused %v", got)
+	}
+	if got := refused("sensor", "pl/1/telemetry", "pl/2/telemetry", "pl/1/status", "a", "b"); !reflect.DeepEqual(got, []bool{false, true, false, false, false}) {
+		t.Fatalf("sensor: refused %v", got)
+	}
+	if got := refused("other", "a", "b", "c"); !reflect.DeepEqual(got, []bool{false, false, false}) {
+		t.Fatalf("other: refused %v", got)
 	}
 }
