@@ -352,8 +352,11 @@ type PayloadRule struct {
 	// Retain is allow (default), forbid (refuse retained publishes) or
 	// strip (forward them without the retain flag).
 	Retain string `yaml:"retain"`
-	// MaxQoS refuses publishes above it (0 or 1; default: any).
+	// MaxQoS bounds the QoS of publishes (0 or 1; default: any).
 	MaxQoS *int `yaml:"max_qos"`
+	// MaxQoSAction is what happens above MaxQoS: refuse (default) or cap
+	// (forward at MaxQoS; moat completes the client's flow itself).
+	MaxQoSAction string `yaml:"max_qos_action"`
 }
 
 // Policy selects how decisions are made.
@@ -685,6 +688,16 @@ func (c *Config) Validate() error {
 		}
 		if r.MaxQoS != nil && (*r.MaxQoS < 0 || *r.MaxQoS > 2) {
 			bad(f+".max_qos", "%d: use 0, 1 or 2", *r.MaxQoS)
+		}
+		switch r.MaxQoSAction {
+		case "":
+			r.MaxQoSAction = "refuse"
+		case "refuse", "cap":
+			if r.MaxQoS == nil {
+				bad(f+".max_qos_action", "needs max_qos")
+			}
+		default:
+			bad(f+".max_qos_action", "%q: use refuse or cap", r.MaxQoSAction)
 		}
 	}
 

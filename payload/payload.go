@@ -26,6 +26,9 @@ type Rule struct {
 	// "strip" (forward them with the retain flag cleared).
 	Retain string
 	MaxQoS int // refuse publishes above; -1 or 2: any
+	// CapQoS forwards a publish above MaxQoS at MaxQoS rather than
+	// refusing it.
+	CapQoS bool
 }
 
 // Checker holds the rules in order; the first whose filter matches a
@@ -91,6 +94,9 @@ func (c *Checker) Rule(topic string) *Rule {
 type Verdict struct {
 	Refuse      error // why the publish is refused; nil if not
 	StripRetain bool
+	// Capped: forward at QoS rather than the publish's own, higher one.
+	Capped bool
+	QoS    byte
 }
 
 // ErrPayload wraps every refusal.
@@ -101,8 +107,12 @@ func (r *Rule) Check(p []byte, qos byte, retain bool) Verdict {
 	fail := func(format string, a ...any) Verdict {
 		return Verdict{Refuse: fmt.Errorf("%w: "+format, append([]any{ErrPayload}, a...)...)}
 	}
+	var v Verdict
 	if r.MaxQoS >= 0 && r.MaxQoS < 2 && int(qos) > r.MaxQoS {
-		return fail("QoS %d above %d", qos, r.MaxQoS)
+		if !r.CapQoS {
+			return fail("QoS %d above %d", qos, r.MaxQoS)
+		}
+		v.Capped, v.QoS = true, byte(r.MaxQoS)
 	}
 	if retain && r.Retain == "forbid" {
 		return fail("retained messages are not allowed on this topic")
@@ -124,7 +134,8 @@ func (r *Rule) Check(p []byte, qos byte, retain bool) Verdict {
 			}
 		}
 	}
-	return Verdict{StripRetain: retain && r.Retain == "strip"}
+	v.StripRetain = retain && r.Retain == "strip"
+	return v
 }
 
 func firstLine(s string) string {

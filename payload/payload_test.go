@@ -100,3 +100,17 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	})
 }
+
+func TestCapQoS(t *testing.T) {
+	r := &Rule{Topics: []string{"t"}, MaxQoS: 1, CapQoS: true}
+	if v := r.Check([]byte("x"), 2, false); v.Refuse != nil || !v.Capped || v.QoS != 1 {
+		t.Fatalf("QoS 2 over a cap of 1: %+v", v)
+	}
+	if v := r.Check([]byte("x"), 1, false); v.Capped {
+		t.Fatalf("QoS 1 at the cap was capped: %+v", v)
+	}
+	r.CapQoS = false
+	if v := r.Check([]byte("x"), 2, false); v.Refuse == nil {
+		t.Fatal("QoS 2 over a refusing max_qos of 1 passed")
+	}
+}

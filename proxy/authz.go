@@ -7,10 +7,12 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moat-mqtt/moat/auth"
 	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/payload"
 	"github.com/moat-mqtt/moat/policy"
 )
 
@@ -26,6 +28,11 @@ type authz struct {
 	subs      map[string]struct{}   // filters subscribed through this connection, for the quota
 
 	inflight inflight // QoS 1/2 publishes the broker has not finished
+
+	// QoS 2 publishes a payload rule sent on at QoS 1 (under mu): capped
+	// waits for the broker's PUBACK, cappedRel for the client's PUBREL.
+	capped, cappedRel map[uint16]struct{}
+	nCapped           atomic.Int32 // flows in either map, read without the lock
 
 	// Broker -> client (broker pump only).
 	droppedRel map[uint16]struct{} // QoS 2 deliveries dropped here: moat answers the broker's PUBREL
@@ -270,10 +277,23 @@ func (p clientToBroker) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 	case *codec.Unsubscribe:
 		return p.unsubscribe(f, pk)
 	case *codec.Ack:
-		if az := p.s.az; pk.PacketType == codec.PUBREL && az.deniedRel != nil {
-			if _, ok := az.deniedRel[pk.PacketID]; ok {
-				// The second half of a QoS 2 flow moat completed itself.
-				delete(az.deniedRel, pk.PacketID)
+		if pk.PacketType != codec.PUBREL {
+			break
+		}
+		az := p.s.az
+		if _, ok := az.deniedRel[pk.PacketID]; ok {
+			// The second half of a QoS 2 flow moat completed itself.
+			delete(az.deniedRel, pk.PacketID)
+			return nil, p.s.replyClient(&codec.Ack{PacketType: codec.PUBCOMP, PacketID: pk.PacketID})
+		}
+		if az.nCapped.Load() > 0 {
+			az.mu.Lock()
+			_, ok := az.cappedRel[pk.PacketID]
+			delete(az.cappedRel, pk.PacketID)
+			az.mu.Unlock()
+			if ok {
+				// The broker finished at QoS 1: the rest is moat's.
+				az.nCapped.Add(-1)
 				return nil, p.s.replyClient(&codec.Ack{PacketType: codec.PUBCOMP, PacketID: pk.PacketID})
 			}
 		}
@@ -315,6 +335,7 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 			code, reason = codec.NotAuthorized, d.Reason
 		}
 	}
+	var capped payload.Verdict
 	if code == codec.Success {
 		if rule := s.srv.payload.Rule(topic); rule != nil {
 			v := rule.Check(pub.Payload, pub.QoS, pub.Retain)
@@ -325,6 +346,7 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 				out = append([]byte(nil), f.Bytes...)
 				out[0] &^= 0x01
 			}
+			capped = v
 		}
 	}
 	allowed := code == codec.Success
@@ -332,22 +354,66 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 	if !allowed {
 		return nil, p.refuse(pub, topic, code, reason)
 	}
-	if alias != 0 && len(pub.Topic) == 0 && !az.aliases[alias].synced {
+	resync := alias != 0 && len(pub.Topic) == 0 && !az.aliases[alias].synced
+	if !resync && !capped.Capped {
+		return out, pub.QoS == 0 || s.acquire()
+	}
+	fwd := *pub
+	fwd.Retain = out[0]&0x01 != 0
+	if resync {
 		// The broker's alias still names an older topic: say the topic in
 		// full, which also re-points the broker's alias.
 		e := az.aliases[alias]
-		fwd := *pub
 		fwd.Topic = []byte(e.topic)
-		fwd.Retain = out[0]&0x01 != 0
-		b, err := fwd.Append(nil, codec.V5)
-		if err != nil {
-			s.end(endClientError, codec.ReasonOf(err), err.Error())
-			return nil, false
-		}
 		az.aliases[alias] = aliasEntry{topic: e.topic, synced: true}
+	}
+	if capped.Capped {
+		fwd.QoS = capped.QoS
+		if fwd.QoS == 0 {
+			fwd.PacketID, fwd.Dup = 0, false // [MQTT-3.3.1-2]
+		}
+	}
+	b, err := fwd.Append(nil, s.version)
+	if err != nil {
+		s.end(endClientError, codec.ReasonOf(err), err.Error())
+		return nil, false
+	}
+	if !capped.Capped {
 		return b, pub.QoS == 0 || s.acquire()
 	}
-	return out, pub.QoS == 0 || s.acquire()
+	return nil, p.forwardCapped(b, pub, fwd.QoS)
+}
+
+// forwardCapped forwards a publish a payload rule capped to a lower QoS,
+// then completes the client's flow at its own QoS: at QoS 0 moat answers
+// PUBACK, or PUBREC and later PUBCOMP, itself; a QoS 2 publish sent on at
+// QoS 1 gets its PUBREC when the broker's PUBACK comes.
+func (p clientToBroker) forwardCapped(b []byte, pub *codec.Publish, qos byte) bool {
+	s, az := p.s, p.s.az
+	if qos == 1 {
+		if !s.acquire() {
+			return false
+		}
+		az.mu.Lock()
+		if az.capped == nil {
+			az.capped = make(map[uint16]struct{})
+		}
+		az.capped[pub.PacketID] = struct{}{}
+		az.mu.Unlock()
+		az.nCapped.Add(1)
+		return s.relay(b, s.cr, s.uw, true)
+	}
+	if !s.relay(b, s.cr, s.uw, true) {
+		return false
+	}
+	if pub.QoS == 1 {
+		return s.replyClient(&codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID})
+	}
+	if az.deniedRel == nil {
+		az.deniedRel = make(map[uint16]struct{})
+	}
+	az.deniedRel[pub.PacketID] = struct{}{}
+	return s.replyClient(&codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID})
 }
 
 // learn records that the client now means pub's topic by alias; the
@@ -584,6 +650,11 @@ func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 		if s.finished(pk) {
 			s.release()
 		}
+		if pk.PacketType == codec.PUBACK && az.nCapped.Load() > 0 {
+			if b, ok := p.cappedAck(pk); ok {
+				return b, true
+			}
+		}
 		if pk.PacketType == codec.PUBREL && az.droppedRel != nil {
 			if _, ok := az.droppedRel[pk.PacketID]; ok {
 				delete(az.droppedRel, pk.PacketID)
@@ -596,6 +667,39 @@ func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 		return p.merge(f, codec.UNSUBACK, pk.PacketID, &pk.ReasonCodes, pk)
 	}
 	return f.Bytes, true
+}
+
+// cappedAck turns the broker's PUBACK for a QoS 2 publish moat sent on
+// at QoS 1 into the PUBREC the client waits for; the client's PUBREL is
+// then answered here. ok is false for any other PUBACK.
+func (p brokerToClient) cappedAck(a *codec.Ack) (b []byte, ok bool) {
+	az := p.s.az
+	az.mu.Lock()
+	_, ok = az.capped[a.PacketID]
+	if ok {
+		delete(az.capped, a.PacketID)
+		if az.cappedRel == nil {
+			az.cappedRel = make(map[uint16]struct{})
+		}
+		az.cappedRel[a.PacketID] = struct{}{}
+	}
+	az.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	rec := &codec.Ack{PacketType: codec.PUBREC, PacketID: a.PacketID, ReasonCode: a.ReasonCode, Properties: a.Properties}
+	if a.ReasonCode >= 0x80 {
+		// A failed PUBREC ends the client's flow: no PUBREL will come.
+		az.mu.Lock()
+		delete(az.cappedRel, a.PacketID)
+		az.mu.Unlock()
+		az.nCapped.Add(-1)
+	}
+	b, err := rec.Append(nil, p.s.ackVersion())
+	if err != nil {
+		return nil, false
+	}
+	return b, true
 }
 
 // merge puts the denied filters' codes back into the broker's answer, at

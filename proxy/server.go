@@ -131,7 +131,7 @@ func (s *Server) loadPayload() error {
 	}
 	var rules []*payload.Rule
 	for i, rc := range s.cfg.Payload.Rules {
-		r := &payload.Rule{Topics: rc.Topics, MaxSize: int(rc.MaxSize), UTF8: rc.UTF8, JSON: rc.JSON, Retain: rc.Retain, MaxQoS: -1}
+		r := &payload.Rule{Topics: rc.Topics, MaxSize: int(rc.MaxSize), UTF8: rc.UTF8, JSON: rc.JSON, Retain: rc.Retain, MaxQoS: -1, CapQoS: rc.MaxQoSAction == "cap"}
 		if rc.MaxQoS != nil {
 			r.MaxQoS = *rc.MaxQoS
 		}

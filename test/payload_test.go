@@ -95,3 +95,45 @@ func TestPayloadRules(t *testing.T) {
 		t.Fatal("a stripped retained message was stored")
 	}
 }
+
+// A rule that caps QoS forwards at the cap and completes the client's
+// own flow: the broker sees the lower QoS, the client its usual acks.
+func TestQoSCap(t *testing.T) {
+	zero, one := 0, 1
+	e := newEnv(t, func(c *config.Config) {
+		c.Payload.Rules = []config.PayloadRule{
+			{Topics: []string{"cap0/#"}, MaxQoS: &zero, MaxQoSAction: "cap"},
+			{Topics: []string{"cap1/#"}, MaxQoS: &one, MaxQoSAction: "cap"},
+		}
+	})
+	spied := spy(t, e)
+	c := paho5(t, e.plain, nil, "cap5", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, cs := range []struct {
+		topic string
+		qos   byte
+	}{{"cap0/a", 1}, {"cap0/b", 2}, {"cap1/c", 2}, {"cap1/d", 2}} {
+		r, err := c.Publish(ctx, &paho.Publish{Topic: cs.topic, QoS: cs.qos, Payload: []byte(cs.topic)})
+		if err != nil || r == nil || r.ReasonCode >= 0x80 {
+			t.Fatalf("%s at QoS %d: %+v, %v", cs.topic, cs.qos, r, err)
+		}
+	}
+	c3 := paho3(t, e.plain, nil, "cap3", true)
+	wait3(t, c3.Publish("cap1/e", 2, false, "cap1/e"), "3.1.1 QoS 2 publish")
+	wait3(t, c3.Publish("cap0/f", 2, false, "cap0/f"), "3.1.1 QoS 2 publish")
+	want := map[string]byte{"cap0/a": 0, "cap0/b": 0, "cap1/c": 1, "cap1/d": 1, "cap1/e": 1, "cap0/f": 0}
+	for _, m := range spied.wait(t, len(want), 5*time.Second) {
+		if q, ok := want[m.Topic]; !ok || m.QoS != q || m.Payload != m.Topic {
+			t.Errorf("broker got %+v, want QoS %d", m, q)
+		}
+	}
+	// Packet ids freed by moat's acks are reused without confusion.
+	for i := range 30 {
+		r, err := c.Publish(ctx, &paho.Publish{Topic: "cap1/loop", QoS: 2, Payload: []byte{byte(i)}})
+		if err != nil || r == nil || r.ReasonCode >= 0x80 {
+			t.Fatalf("loop %d: %+v, %v", i, r, err)
+		}
+	}
+	spied.wait(t, len(want)+30, 5*time.Second)
+}
