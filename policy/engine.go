@@ -30,14 +30,18 @@ import (
 
 // Package and rules of the policy contract.
 const (
-	Package      = "moat.authz"
-	allowQuery   = "data.moat.authz.allow"
-	reasonQuery  = "data.moat.authz.reason"
-	dollarQuery  = "data.moat.authz.allow_dollar"
-	limitsQuery  = "data.moat.authz.limits"
-	defaultTTL   = time.Minute
-	defaultSize  = 100_000
-	defaultEvalT = 100 * time.Millisecond
+	Package = "moat.authz"
+	// PayloadPackage holds the payload rules: deny, a set of reasons.
+	PayloadPackage = "moat.payload"
+	allowQuery     = "data.moat.authz.allow"
+	reasonQuery    = "data.moat.authz.reason"
+	dollarQuery    = "data.moat.authz.allow_dollar"
+	limitsQuery    = "data.moat.authz.limits"
+	inspectQuery   = "data.moat.authz.inspect"
+	payloadQuery   = "data.moat.payload.deny"
+	defaultTTL     = time.Minute
+	defaultSize    = 100_000
+	defaultEvalT   = 100 * time.Millisecond
 )
 
 // Mode says what a denial does.
@@ -65,6 +69,9 @@ type Decision struct {
 	Denied bool   // the policy said no (also in shadow mode)
 	Reason string // the policy's reason, or why evaluation failed
 	Cached bool
+	// Inspect: a permitted publish whose payload must pass the rules in
+	// package moat.payload (CheckPayload) before it goes on.
+	Inspect bool
 }
 
 // Engine holds the policy in force. It is safe for concurrent use; a
@@ -87,6 +94,9 @@ type revision struct {
 	hasDollar     bool
 	limits        rego.PreparedEvalQuery
 	hasLimits     bool
+	inspect       rego.PreparedEvalQuery // publish: does the payload go to moat.payload?
+	payload       rego.PreparedEvalQuery
+	hasInspect    bool
 	cache         *lru.Cache[cacheKey, cached]
 	stamp         string // file names, sizes and times, for the watcher
 }
@@ -110,6 +120,7 @@ const (
 
 type cached struct {
 	allow   bool
+	inspect bool
 	reason  string
 	expires int64 // unix nanoseconds
 }
@@ -177,7 +188,7 @@ func (e *Engine) compile() (*revision, error) {
 		return nil, fmt.Errorf("policy: no .rego files in %s", strings.Join(e.opts.Paths, ", "))
 	}
 	modules := res.ParsedModules()
-	if !definesRule(modules, "allow") {
+	if !definesRule(modules, Package, "allow") {
 		return nil, fmt.Errorf("policy: no module defines package %s with rule allow; every decision would be a denial", Package)
 	}
 	compiler := ast.NewCompiler().WithCapabilities(capabilities()).WithEnablePrintStatements(false)
@@ -193,18 +204,33 @@ func (e *Engine) compile() (*revision, error) {
 	if rev.allow, err = prep(allowQuery); err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	if rev.hasReason = definesRule(modules, "reason"); rev.hasReason {
+	if rev.hasReason = definesRule(modules, Package, "reason"); rev.hasReason {
 		if rev.reason, err = prep(reasonQuery); err != nil {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
 	}
-	if rev.hasDollar = definesRule(modules, "allow_dollar"); rev.hasDollar {
+	if rev.hasDollar = definesRule(modules, Package, "allow_dollar"); rev.hasDollar {
 		if rev.dollar, err = prep(dollarQuery); err != nil {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
 	}
-	if rev.hasLimits = definesRule(modules, "limits"); rev.hasLimits {
+	if rev.hasLimits = definesRule(modules, Package, "limits"); rev.hasLimits {
 		if rev.limits, err = prep(limitsQuery); err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+	}
+	hasDeny := definesRule(modules, PayloadPackage, "deny")
+	rev.hasInspect = definesRule(modules, Package, "inspect")
+	switch {
+	case rev.hasInspect && !hasDeny:
+		return nil, fmt.Errorf("policy: rule inspect marks publishes for payload rules, but no module defines package %s with rule deny", PayloadPackage)
+	case hasDeny && !rev.hasInspect:
+		return nil, fmt.Errorf("policy: package %s would never run: define rule inspect in package %s to mark the publishes it checks", PayloadPackage, Package)
+	case rev.hasInspect:
+		if rev.inspect, err = prep(inspectQuery); err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		if rev.payload, err = prep(payloadQuery); err != nil {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
 	}
@@ -223,9 +249,9 @@ func skipTests(_ string, info fs.FileInfo, _ int) bool {
 	return !info.IsDir() && strings.HasSuffix(info.Name(), "_test.rego")
 }
 
-func definesRule(modules map[string]*ast.Module, name string) bool {
+func definesRule(modules map[string]*ast.Module, pkg, name string) bool {
 	for _, m := range modules {
-		if m.Package.Path.String() != "data."+Package {
+		if m.Package.Path.String() != "data."+pkg {
 			continue
 		}
 		for _, r := range m.Rules {
@@ -246,6 +272,15 @@ func smoke(rev *revision) error {
 		r := &Request{Action: a, Topic: "moat/smoke", QoS: 1}
 		if _, _, err := evalBool(context.Background(), rev.allow, s.input(r)); err != nil {
 			return fmt.Errorf("policy: smoke evaluation of %q: %w", a, err)
+		}
+	}
+	if rev.hasInspect {
+		r := &Request{Action: Publish, Topic: "moat/smoke", QoS: 1}
+		if _, _, err := evalBool(context.Background(), rev.inspect, s.input(r)); err != nil {
+			return fmt.Errorf("policy: smoke evaluation of inspect: %w", err)
+		}
+		if _, err := denySet(context.Background(), rev.payload, payloadInput(s, r, []byte(`{"smoke":true}`))); err != nil {
+			return fmt.Errorf("policy: smoke evaluation of %s: %w", PayloadPackage, err)
 		}
 	}
 	if rev.hasLimits {
@@ -302,7 +337,7 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	if cache != nil {
 		if c, ok := cache.Get(key); ok && time.Now().UnixNano() < c.expires {
 			e.hits.Add(1)
-			return e.enforce(s, r, rev, Decision{Allow: c.allow, Reason: c.reason, Cached: true}, nil)
+			return e.enforce(s, r, rev, Decision{Allow: c.allow, Inspect: c.inspect, Reason: c.reason, Cached: true}, nil)
 		}
 	}
 	e.misses.Add(1)
@@ -313,7 +348,7 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	key.topic, key.group = rc.Topic, rc.ShareGroup
 	d, err := e.evaluate(rev, s.input(&rc), rc.Action, rc.Topic)
 	if err == nil && cache != nil {
-		cache.Add(key, cached{allow: d.Allow, reason: d.Reason, expires: time.Now().Add(e.opts.CacheTTL).UnixNano()})
+		cache.Add(key, cached{allow: d.Allow, inspect: d.Inspect, reason: d.Reason, expires: time.Now().Add(e.opts.CacheTTL).UnixNano()})
 	}
 	return e.enforce(s, &rc, rev, d, err)
 }
@@ -388,6 +423,12 @@ func (e *Engine) evaluate(rev *revision, in ast.Value, action Action, topic stri
 		}
 	}
 	d := Decision{Allow: allow}
+	if allow && action == Publish && rev.hasInspect {
+		// Not knowing whether the payload must be checked is a denial.
+		if d.Inspect, _, err = evalBool(ctx, rev.inspect, in); err != nil {
+			return Decision{Reason: "policy evaluation failed"}, err
+		}
+	}
 	if !allow {
 		d.Reason = "no rule allows it"
 		if rev.hasReason {

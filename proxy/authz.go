@@ -173,8 +173,11 @@ func (s *session) authorizeConnect(c *codec.Connect) bool {
 	if d.Allow && c.Will != nil {
 		// The will is a publish the client makes now, checked now rather
 		// than when it fires.
-		d = eng.Decide(s.az.subj, &policy.Request{Action: policy.Publish, Topic: c.Will.Topic,
-			QoS: c.Will.QoS, Retain: c.Will.Retain, Will: true, Props: propsOf(&c.Will.Properties, c.Version)})
+		will := policy.Request{Action: policy.Publish, Topic: c.Will.Topic,
+			QoS: c.Will.QoS, Retain: c.Will.Retain, Will: true, Props: propsOf(&c.Will.Properties, c.Version)}
+		if d = eng.Decide(s.az.subj, &will); d.Allow && d.Inspect {
+			d = eng.CheckPayload(s.az.subj, &will, c.Will.Payload)
+		}
 	}
 	if d.Allow {
 		if eng.Mode() == policy.Shadow {
@@ -328,11 +331,16 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 	}
 	// The policy, then the payload rules; either may refuse.
 	code, reason, out := codec.Success, "", f.Bytes
-	if s.srv.policy != nil {
-		d := s.srv.policy.Decide(az.subj, &policy.Request{Action: policy.Publish, Topic: topic, QoS: pub.QoS,
-			Retain: pub.Retain, Props: propsOf(&pub.Properties, s.version)})
+	if eng := s.srv.policy; eng != nil {
+		req := policy.Request{Action: policy.Publish, Topic: topic, QoS: pub.QoS,
+			Retain: pub.Retain, Props: propsOf(&pub.Properties, s.version)}
+		d := eng.Decide(az.subj, &req)
 		if !d.Allow {
 			code, reason = codec.NotAuthorized, d.Reason
+		} else if d.Inspect {
+			if pd := eng.CheckPayload(az.subj, &req, pub.Payload); !pd.Allow {
+				code, reason = codec.PayloadFormatInvalid, pd.Reason
+			}
 		}
 	}
 	var capped payload.Verdict

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -136,4 +138,54 @@ func TestQoSCap(t *testing.T) {
 		}
 	}
 	spied.wait(t, len(want)+30, 5*time.Second)
+}
+
+// Payload rules written in Rego (package moat.payload) run on the
+// publishes the policy marks with inspect, and only on those.
+func TestPayloadPolicy(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"authz.rego": "package moat.authz\nallow := true\ninspect if moat.topic_matches(\"valves/+/cmd\", input.topic)\n",
+		"payload.rego": `package moat.payload
+deny contains "not JSON" if not input.payload.json
+deny contains "unknown action" if not input.payload.json.action in {"open", "close"}
+`,
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := newEnv(t, func(c *config.Config) {
+		c.Policy = &config.Policy{Mode: config.ModeEnforce, Paths: []string{dir}, WatchInterval: config.OptDuration{Set: true}}
+	})
+	spied := spy(t, e)
+	c := paho5(t, e.plain, nil, "pp5", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, cs := range []struct {
+		topic, payload string
+		ok             bool
+	}{
+		{"valves/v1/cmd", `{"action":"close"}`, true},
+		{"valves/v1/cmd", `{"action":"explode"}`, false},
+		{"valves/v1/cmd", `close`, false},
+		{"telemetry/v1", "\xff not checked", true},
+	} {
+		r, err := c.Publish(ctx, &paho.Publish{Topic: cs.topic, QoS: 1, Payload: []byte(cs.payload)})
+		if r == nil {
+			t.Fatal(err)
+		}
+		if cs.ok && r.ReasonCode >= 0x80 || !cs.ok && r.ReasonCode != byte(codec.PayloadFormatInvalid) {
+			t.Errorf("%s %q: 0x%02X", cs.topic, cs.payload, r.ReasonCode)
+		}
+	}
+	c3 := paho3(t, e.plain, nil, "pp3", true)
+	wait3(t, c3.Publish("valves/v2/cmd", 1, false, `{"action":"explode"}`), "3.1.1 refused publish")
+	wait3(t, c3.Publish("valves/v2/cmd", 1, false, `{"action":"open"}`), "3.1.1 publish")
+	got := spied.wait(t, 3, 5*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if spied.count() != 3 || got[0].Payload != `{"action":"close"}` || got[2].Payload != `{"action":"open"}` {
+		t.Fatalf("broker got %+v", got)
+	}
 }
