@@ -32,10 +32,12 @@ type Frame struct {
 type Reader struct {
 	src   io.Reader
 	max   int
-	buf   []byte // pooled while data flows; nil when idle
-	r, w  int    // unread bytes are buf[r:w]
-	big   []byte // a packet larger than the pooled buffer
-	full  bool   // the last read filled all the space offered
+	buf   []byte  // pooled while data flows; nil when idle
+	bufp  *[]byte // what the pool handed out for buf
+	r, w  int     // unread bytes are buf[r:w]
+	big   []byte  // a packet larger than the pooled buffer
+	bigp  *[]byte // the pool's pointer, if big came from it
+	full  bool    // the last read filled all the space offered
 	small [smallRead]byte
 }
 
@@ -80,16 +82,18 @@ func (r *Reader) Buffered() int { return r.w - r.r }
 // waiting for more by other means, and when a connection ends. Frames read
 // before are invalid afterwards; buffered bytes are dropped.
 func (r *Reader) Release() {
+	// The pools hold the *[]byte they handed out: putting back a fresh
+	// pointer would allocate on every release.
 	if r.buf != nil {
-		b := r.buf[:cap(r.buf)]
-		bufPool.Put(&b)
-		r.buf, r.r, r.w = nil, 0, 0
+		*r.bufp = r.buf[:cap(r.buf)]
+		bufPool.Put(r.bufp)
+		r.buf, r.bufp, r.r, r.w = nil, nil, 0, 0
 	}
-	if cap(r.big) == eagerBody {
-		b := r.big[:0]
-		bigPool.Put(&b)
+	if r.bigp != nil && cap(r.big) == eagerBody {
+		*r.bigp = r.big[:0]
+		bigPool.Put(r.bigp)
 	}
-	r.big = nil
+	r.big, r.bigp = nil, nil
 }
 
 // fill reads once from src into the buffer.
@@ -100,7 +104,8 @@ func (r *Reader) fill() error {
 		n, err := r.src.Read(r.small[:])
 		r.full = n == len(r.small)
 		if n > 0 {
-			r.buf = (*bufPool.Get().(*[]byte))[:PoolBufSize]
+			r.bufp = bufPool.Get().(*[]byte)
+			r.buf = (*r.bufp)[:PoolBufSize]
 			r.r, r.w = 0, copy(r.buf, r.small[:n])
 			return nil
 		}
@@ -195,7 +200,8 @@ func (r *Reader) ReadPacket() (Frame, error) {
 // buffer, growing it with the bytes received rather than the declaration.
 func (r *Reader) readLarge(t PacketType, flags byte, hdr, total int) (Frame, error) {
 	if r.big == nil {
-		r.big = (*bigPool.Get().(*[]byte))[:0]
+		r.bigp = bigPool.Get().(*[]byte)
+		r.big = (*r.bigp)[:0]
 	}
 	big := append(r.big[:0], r.buf[r.r:r.w]...)
 	r.r = r.w

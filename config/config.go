@@ -43,7 +43,25 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// Log controls the log output.
 	Log Log `yaml:"log"`
+	// Admin is the operators' HTTP interface: metrics, health, JSON API.
+	Admin Admin `yaml:"admin"`
 }
+
+// Admin is the operators' HTTP interface. /metrics, /healthz and /readyz
+// need no credentials (keep the address on loopback or a management
+// network); /api/... needs the bearer token in TokenFile.
+type Admin struct {
+	// Address is host:port. Default 127.0.0.1:9180; "off" disables it.
+	Address string `yaml:"address"`
+	// TokenFile holds the token /api/... requires (Authorization:
+	// Bearer TOKEN). Without it the API answers 403.
+	TokenFile string `yaml:"token_file"`
+	// Pprof serves Go's profiler under /debug/pprof/, behind the token.
+	Pprof bool `yaml:"pprof"`
+}
+
+// DefaultAdminAddress is where the admin interface listens by default.
+const DefaultAdminAddress = "127.0.0.1:9180"
 
 // Listener is one address moat accepts clients on.
 type Listener struct {
@@ -504,7 +522,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits", "config.ClientRate": "limits.rate", "config.ConnectionLimits": "limits.connections", "config.TopicRate": "a topic rate",
-	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.Bans": "bans", "config.Decoys": "decoys", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log",
+	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.Bans": "bans", "config.Decoys": "decoys", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log", "config.Admin": "admin",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -662,6 +680,20 @@ func (c *Config) Validate() error {
 	c.Limits.MaxKeepAlive = positiveDuration(c.Limits.MaxKeepAlive, time.Hour, "limits.max_keep_alive", bad)
 	if c.Limits.MaxKeepAlive > 65535*time.Second {
 		bad("limits.max_keep_alive", "%v exceeds MQTT's largest keep alive (65535s)", c.Limits.MaxKeepAlive)
+	}
+
+	switch a := &c.Admin; a.Address {
+	case "":
+		a.Address = DefaultAdminAddress
+	case "off":
+	default:
+		if err := checkHostPort(a.Address); err != nil {
+			bad("admin.address", "%v (or off)", err)
+		}
+	}
+	checkFile("admin.token_file", c.Admin.TokenFile, bad)
+	if c.Admin.Pprof && c.Admin.TokenFile == "" {
+		bad("admin.pprof", "needs admin.token_file: the profiler is served behind the token")
 	}
 
 	validateAuth(c, bad)

@@ -135,6 +135,8 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"topic rate bad filter", listener + base + "auth: {anonymous: true}\nlimits: {topic_rates: [{topics: [a/#/b], publish_per_second: 1}]}\n", "limits.topic_rates[0].topics"},
 		{"cap without max qos", listener + base + "auth: {anonymous: true}\npayload: {rules: [{topics: [a], max_qos_action: cap}]}\n", "payload.rules[0].max_qos_action: needs max_qos"},
 		{"bad qos action", listener + base + "auth: {anonymous: true}\npayload: {rules: [{topics: [a], max_qos: 1, max_qos_action: lower}]}\n", "payload.rules[0].max_qos_action"},
+		{"bad admin address", listener + base + "auth: {anonymous: true}\nadmin: {address: localhost}\n", "admin.address"},
+		{"pprof without token", listener + base + "auth: {anonymous: true}\nadmin: {pprof: true}\n", "admin.pprof: needs admin.token_file"},
 		{"unknown policy key", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {sise: 5}}\n", "policy.cache"},
 	}
 	for _, c := range cases {

@@ -52,6 +52,13 @@ const (
 	Shadow              // denials are logged and counted, traffic flows
 )
 
+func (m Mode) String() string {
+	if m == Shadow {
+		return "shadow"
+	}
+	return "enforce"
+}
+
 // Options configure an Engine. Zero values take the documented defaults.
 type Options struct {
 	Paths       []string // .rego modules and .json/.yaml data files, or directories of them
@@ -61,6 +68,9 @@ type Options struct {
 	EvalTimeout time.Duration // an evaluation that takes longer is a denial
 	Log         *slog.Logger  // errors and reloads; nil discards
 	Decisions   *DecisionLog  // one JSON line per denial (and allow, if asked); nil for none
+	// OnEval, if set, is told how long each evaluation took (cache
+	// misses, connect and will decisions), for a latency histogram.
+	OnEval func(Action, time.Duration)
 }
 
 // Decision is the outcome of one evaluation.
@@ -83,6 +93,30 @@ type Engine struct {
 	mu   sync.Mutex // serialises reloads
 
 	hits, misses, denials, shadowDenials, errs atomic.Uint64
+	reloads, reloadFailures                    atomic.Uint64
+	decisions                                  [numActions][numResults]atomic.Uint64
+}
+
+// Result is a decision's outcome, for counting.
+type Result uint8
+
+const (
+	ResultAllow Result = iota
+	ResultDeny
+	ResultShadowDeny // denied by the policy, let through by shadow mode
+	numResults
+)
+
+func (r Result) String() string {
+	return [...]string{"allow", "deny", "shadow_deny"}[r]
+}
+
+// Decisions is how many decisions on action ended in result.
+func (e *Engine) Decisions(a Action, r Result) uint64 {
+	if a >= numActions || r >= numResults {
+		return 0
+	}
+	return e.decisions[a][r].Load()
 }
 
 // revision is one compiled policy with its own cache.
@@ -167,9 +201,11 @@ func (e *Engine) Reload() error {
 	old := e.cur.Load()
 	rev, err := e.compile()
 	if err != nil {
+		e.reloadFailures.Add(1)
 		e.log.Error("policy reload refused, the previous policy stays in force", "revision", old.id, "err", err)
 		return err
 	}
+	e.reloads.Add(1)
 	e.cur.Store(rev)
 	e.log.Info("policy reloaded", "revision", rev.id, "previous", old.id)
 	return nil
@@ -346,7 +382,11 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	rc := *r
 	rc.Topic, rc.ShareGroup = strings.Clone(r.Topic), strings.Clone(r.ShareGroup)
 	key.topic, key.group = rc.Topic, rc.ShareGroup
+	start := time.Now()
 	d, err := e.evaluate(rev, s.input(&rc), rc.Action, rc.Topic)
+	if e.opts.OnEval != nil {
+		e.opts.OnEval(rc.Action, time.Since(start))
+	}
 	if err == nil && cache != nil {
 		cache.Add(key, cached{allow: d.Allow, inspect: d.Inspect, reason: d.Reason, expires: time.Now().Add(e.opts.CacheTTL).UnixNano()})
 	}
@@ -355,6 +395,16 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 
 // enforce applies the mode, counts and logs.
 func (e *Engine) enforce(s *Subject, r *Request, rev *revision, d Decision, err error) Decision {
+	if a := r.Action; a < numActions {
+		switch {
+		case d.Allow:
+			e.decisions[a][ResultAllow].Add(1)
+		case e.opts.Mode == Shadow:
+			e.decisions[a][ResultShadowDeny].Add(1)
+		default:
+			e.decisions[a][ResultDeny].Add(1)
+		}
+	}
 	if d.Allow {
 		if e.opts.Decisions != nil && e.opts.Decisions.allows {
 			e.opts.Decisions.write(s, r, rev.id, "allow", d.Reason, nil)
@@ -470,6 +520,8 @@ type Stats struct {
 	Denials       uint64
 	ShadowDenials uint64
 	Errors        uint64
+	Reloads       uint64 // successful reloads
+	ReloadErrors  uint64 // reloads refused (the old policy stayed)
 }
 
 // HitRatio is the share of decisions answered from the cache.
@@ -483,7 +535,8 @@ func (s Stats) HitRatio() float64 {
 // Stats returns the counters.
 func (e *Engine) Stats() Stats {
 	return Stats{Revision: e.Revision(), CacheHits: e.hits.Load(), CacheMisses: e.misses.Load(),
-		Denials: e.denials.Load(), ShadowDenials: e.shadowDenials.Load(), Errors: e.errs.Load()}
+		Denials: e.denials.Load(), ShadowDenials: e.shadowDenials.Load(), Errors: e.errs.Load(),
+		Reloads: e.reloads.Load(), ReloadErrors: e.reloadFailures.Load()}
 }
 
 // Watch reloads the policy when its files change, polling every interval

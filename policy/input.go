@@ -25,7 +25,11 @@ const (
 	Subscribe
 	Unsubscribe
 	Receive
+	numActions
 )
+
+// Actions are every action, in order.
+var Actions = []Action{Connect, Publish, Subscribe, Unsubscribe, Receive}
 
 var actionNames = [...]string{Connect: "connect", Publish: "publish", Subscribe: "subscribe", Unsubscribe: "unsubscribe", Receive: "receive"}
 

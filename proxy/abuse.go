@@ -32,6 +32,7 @@ func (s *session) denied() bool {
 	if s.srv.abuse == nil || !s.srv.abuse.Fail(s.addr) {
 		return true
 	}
+	s.srv.m.bans.WithLabelValues("denials").Inc()
 	s.logger().Warn("address banned after repeated denials", "client_id", s.info.id, "ban", s.srv.cfg.Bans.Duration.String())
 	s.end(endClientError, codec.AdministrativeAction, "banned after repeated denials") // 0x8A exists only in CONNACK
 	return false
@@ -57,12 +58,14 @@ func (s *session) decoyTopic(t string, filter bool) bool {
 // was banned; the caller ends the session.
 func (s *session) tripped(what, detail string) bool {
 	s.srv.alerts.Add(1)
+	s.srv.m.alerts.WithLabelValues(what).Inc()
 	s.logger().Error("ALERT: decoy touched", "alert", true, "what", what, "detail", detail,
 		"client_id", s.info.id, "identity", s.ident.Name, "address", s.addr)
 	if !*s.srv.cfg.Decoys.Ban {
 		return false
 	}
 	s.srv.decoyBans.Fail(s.addr)
+	s.srv.m.bans.WithLabelValues("decoy").Inc()
 	return true
 }
 

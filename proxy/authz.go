@@ -113,10 +113,13 @@ func (s *session) authenticate(c *codec.Connect) bool {
 		return true
 	}
 	s.logger().Info("authentication failed", "client_id", c.ClientID, "username", c.Username, "error", err.Error())
+	s.srv.m.authFailures.WithLabelValues(authCause(err)).Inc()
 	if s.srv.bansAddr.Fail(hostOf(s.client.RemoteAddr())) {
+		s.srv.m.bans.WithLabelValues("login_address").Inc()
 		s.logger().Warn("address banned after failed logins", "ban", s.srv.cfg.Auth.BruteForce.Ban.String())
 	}
 	if c.HasUsername && s.srv.bansUser.Fail(c.Username) {
+		s.srv.m.bans.WithLabelValues("login_username").Inc()
 		s.logger().Warn("username banned after failed logins", "username", c.Username, "ban", s.srv.cfg.Auth.BruteForce.Ban.String())
 	}
 	if errors.Is(err, auth.ErrBadCredentials) {
@@ -191,6 +194,7 @@ func (s *session) authorizeConnect(c *codec.Connect) bool {
 		s.logger().Error("policy limits failed; refusing the connection", "client_id", c.ClientID, "error", err)
 		d.Reason = "policy limits failed"
 	}
+	s.srv.m.authFailures.WithLabelValues("policy").Inc()
 	s.logger().Info("connection not authorized", "client_id", c.ClientID, "reason", d.Reason)
 	ack := &codec.Connack{ReasonCode: codec.ConnRefusedNotAuthorized311}
 	v := codec.V311
@@ -441,6 +445,7 @@ func (az *authz) learn(alias uint16, pub *codec.Publish, synced bool) {
 // flow is completed here), or disconnect.
 func (p clientToBroker) refuse(pub *codec.Publish, topic string, code codec.ReasonCode, reason string) bool {
 	s, az := p.s, p.s.az
+	s.srv.m.refused(code)
 	if !s.denied() {
 		return false
 	}
@@ -502,6 +507,7 @@ func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, 
 		if d := s.srv.policy.Decide(az.subj, r); !d.Allow {
 			codes[i], reason = s.failCode(codec.NotAuthorized), d.Reason
 			refused++
+			s.srv.m.refused(codec.NotAuthorized)
 			if !s.denied() {
 				return nil, false
 			}
@@ -517,6 +523,7 @@ func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, 
 			}
 			if len(az.subs) >= limit {
 				codes[i] = s.failCode(codec.QuotaExceeded)
+				s.srv.m.refused(codec.QuotaExceeded)
 				reason = "more than limits.max_subscriptions (" + strconv.Itoa(limit) + ") filters on this connection"
 				refused++
 				s.logger().Info("subscription refused: quota", "client_id", s.info.id, "filter", sb.Filter, "limit", limit)

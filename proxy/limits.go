@@ -248,6 +248,7 @@ func (p clientToBroker) over(action string, delay time.Duration, pub *codec.Publ
 	if delay <= 0 {
 		return true
 	}
+	s.srv.m.rateLimited.WithLabelValues(action).Inc()
 	switch action {
 	case "disconnect":
 		s.logger().Info("rate limit exceeded; disconnecting", "client_id", s.info.id)

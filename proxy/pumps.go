@@ -105,6 +105,7 @@ func (p clientToBroker) handle() bool {
 		return false
 	}
 	s.clientPacket()
+	s.fromClient.count(s.srv.m, toBroker, f)
 	sc := scratchPool.Get().(*scratch)
 	pk, err := p.check(f, &sc.pub, &sc.ack)
 	if err != nil {
@@ -248,6 +249,7 @@ func (p brokerToClient) handle() bool {
 		p.readError(err)
 		return false
 	}
+	s.fromBroker.count(s.srv.m, toClient, f)
 	sc := scratchPool.Get().(*scratch)
 	pk, err := p.check(f, &sc.pub, &sc.ack)
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/moat-mqtt/moat/payload"
 	"github.com/moat-mqtt/moat/policy"
 	"github.com/moat-mqtt/moat/ratelimit"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -62,12 +63,20 @@ type Server struct {
 	wg       sync.WaitGroup // accept loops and sessions
 
 	nextID atomic.Uint64
+	m      *metrics
+
+	readyMu  sync.Mutex // the upstream check behind Ready
+	readyAt  time.Time
+	readyErr error
 }
 
 type listener struct {
 	cfg config.Listener
 	tls *tls.Config
 	ln  net.Listener
+
+	active   prometheus.Gauge
+	accepted prometheus.Counter
 }
 
 // New checks what cannot be checked by config validation alone (that the
@@ -97,6 +106,10 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 			return nil, fmt.Errorf("upstream: %w", err)
 		}
 		s.upstream = tc
+	}
+	s.m = newMetrics(s)
+	for _, l := range s.listeners {
+		l.active, l.accepted = s.m.active.WithLabelValues(l.cfg.Name), s.m.accepted.WithLabelValues(l.cfg.Name)
 	}
 	if err := s.loadAuth(); err != nil {
 		return nil, err
@@ -242,8 +255,17 @@ func (s *Server) loadPolicy() error {
 		s.log.Warn("running without policies: policy.mode is allow_all, every well-formed packet is forwarded")
 		return nil
 	}
+	var evals [6]prometheus.Observer
+	for _, a := range policy.Actions {
+		evals[a] = s.m.evalSeconds.WithLabelValues(a.String())
+	}
 	opts := policy.Options{Paths: pc.Paths, CacheSize: pc.Cache.Size, CacheTTL: pc.Cache.TTL,
-		EvalTimeout: pc.EvalTimeout, Log: s.log}
+		EvalTimeout: pc.EvalTimeout, Log: s.log,
+		OnEval: func(a policy.Action, d time.Duration) {
+			if int(a) < len(evals) && evals[a] != nil {
+				evals[a].Observe(d.Seconds())
+			}
+		}}
 	if pc.Mode == config.ModeShadow {
 		opts.Mode = policy.Shadow
 		s.log.Warn("policy in shadow mode: would-be denials are logged, nothing is denied")
@@ -273,6 +295,7 @@ func (s *Server) loadPolicy() error {
 		return err
 	}
 	s.policy = eng
+	s.m.watchPolicy(s)
 	s.log.Info("policy loaded", "revision", eng.Revision(), "mode", pc.Mode, "paths", pc.Paths)
 	return nil
 }
@@ -348,14 +371,17 @@ func (s *Server) acceptLoop(l *listener) {
 		addr := hostOf(conn.RemoteAddr())
 		if s.bannedAddr(addr) {
 			// Before the TLS handshake: a banned address costs one accept.
+			s.m.refusedConns.WithLabelValues(l.cfg.Name, "banned").Inc()
 			conn.Close()
 			continue
 		}
 		if ok, why := s.conns.Admit(addr, time.Now()); !ok {
+			s.m.refusedConns.WithLabelValues(l.cfg.Name, "connection_limit").Inc()
 			s.log.Debug("connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
 			conn.Close()
 			continue
 		}
+		l.accepted.Inc()
 		if tc, ok := conn.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
@@ -400,6 +426,7 @@ func (s *Server) track(sess *session) bool {
 	}
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
+	sess.lst.active.Inc()
 	return true
 }
 
@@ -407,6 +434,7 @@ func (s *Server) forget(sess *session) {
 	s.mu.Lock()
 	delete(s.sessions, sess)
 	s.mu.Unlock()
+	sess.lst.active.Dec()
 	s.wg.Done()
 }
 

@@ -106,6 +106,10 @@ type session struct {
 	policyRates *ratelimit.Rates      // the policy's rates for this client, if it gave any
 	expiry      *time.Timer           // ends the session when its token expires
 
+	// Packets and bytes read from each side, for the admin API.
+	fromClient, fromBroker traffic
+
+	up       atomic.Bool  // established: the admin API may read info and ident
 	pumps    atomic.Int32 // pumps still running
 	draining atomic.Bool
 	ended    atomic.Bool // set once end has run: later errors are consequences
@@ -144,6 +148,7 @@ func (s *session) serve() {
 		s.finish()
 		return
 	}
+	s.up.Store(true)
 	s.logger().Info("client connected", "client_id", s.info.id, "username", s.info.username,
 		"protocol", s.version.String(), "clean_start", s.info.cleanStart, "keep_alive", s.info.keepAlive)
 	s.pumps.Store(2)
@@ -228,6 +233,7 @@ func (s *session) establish() error {
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
+			s.srv.m.tlsFailures.WithLabelValues(s.lst.cfg.Name, tlsCause(err)).Inc()
 			s.logger().Info("tls handshake failed", "error", err)
 			return err
 		}
@@ -243,6 +249,7 @@ func (s *session) establish() error {
 		s.logReadError("reading CONNECT", err)
 		return err
 	}
+	s.fromClient.count(s.srv.m, toBroker, f)
 	if f.Type != codec.CONNECT {
 		s.logger().Info("first packet is not CONNECT; closing", "type", f.Type.String())
 		return fmt.Errorf("first packet %s", f.Type)
@@ -320,6 +327,9 @@ func (s *session) establish() error {
 	// Relay the broker's CONNACK.
 	up.SetReadDeadline(time.Now().Add(lim.ConnectTimeout))
 	f, err = s.ur.ReadPacket()
+	if err == nil {
+		s.fromBroker.count(s.srv.m, toClient, f)
+	}
 	if err == nil && f.Type != codec.CONNACK {
 		err = fmt.Errorf("broker answered CONNECT with %s", f.Type)
 	}
@@ -449,11 +459,13 @@ func (s *session) upstreamConnect(c *codec.Connect, orig []byte) ([]byte, error)
 	return b, nil
 }
 
-func (s *session) dialUpstream() (net.Conn, error) {
+func (s *session) dialUpstream() (conn net.Conn, err error) {
+	start := time.Now()
+	defer func() { s.srv.m.observeDial(start, err) }()
 	cfg := &s.srv.cfg.Upstream
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Address)
+	conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Address)
 	if err != nil {
 		return nil, err
 	}
@@ -837,6 +849,7 @@ type peerWriter struct {
 	mu      sync.Mutex
 	conn    net.Conn
 	buf     []byte // pending bytes; nil when nothing is pending
+	bufp    *[]byte
 	timeout time.Duration
 	armedAt time.Time
 }
@@ -872,7 +885,8 @@ func (w *peerWriter) writeLocked(b []byte, flush bool) error {
 		return err
 	}
 	if w.buf == nil {
-		w.buf = (*writePool.Get().(*[]byte))[:0]
+		w.bufp = writePool.Get().(*[]byte)
+		w.buf = (*w.bufp)[:0]
 	}
 	w.buf = append(w.buf, b...)
 	if flush {
@@ -893,9 +907,9 @@ func (w *peerWriter) flushLocked() error {
 		return nil
 	}
 	_, err := w.conn.Write(w.buf)
-	b := w.buf[:0]
-	writePool.Put(&b)
-	w.buf = nil
+	*w.bufp = w.buf[:0] // the pooled pointer: a new one would allocate
+	writePool.Put(w.bufp)
+	w.buf, w.bufp = nil, nil
 	return err
 }
 

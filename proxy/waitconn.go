@@ -29,6 +29,7 @@ type waitConn struct {
 
 	// One reader at a time: the pump (or crypto/tls on its behalf).
 	buf    []byte // pooled while holding data
+	bufp   *[]byte
 	r, w   int
 	hdr    [5]byte // TLS record header being delivered
 	hdrN   int     // header bytes delivered of the current record
@@ -71,7 +72,8 @@ func (c *waitConn) Buffered() int { return c.w - c.r }
 // readCallback is bound once per connection so parking allocates nothing.
 func (c *waitConn) readCallback(fd uintptr) bool {
 	if c.buf == nil {
-		c.buf = (*waitPool.Get().(*[]byte))[:waitBufSize]
+		c.bufp = waitPool.Get().(*[]byte)
+		c.buf = (*c.bufp)[:waitBufSize]
 		c.r, c.w = 0, 0
 	}
 	n, err := syscall.Read(int(fd), c.buf[c.w:])
@@ -217,9 +219,9 @@ func (c *waitConn) advanceRecord(out []byte) {
 
 func (c *waitConn) releaseLocked() {
 	if c.buf != nil {
-		b := c.buf[:cap(c.buf)]
-		waitPool.Put(&b)
-		c.buf, c.r, c.w = nil, 0, 0
+		*c.bufp = c.buf[:cap(c.buf)] // the pooled pointer: a new one would allocate
+		waitPool.Put(c.bufp)
+		c.buf, c.bufp, c.r, c.w = nil, nil, 0, 0
 	}
 }
 

@@ -93,3 +93,43 @@ func (b *Bans) Forget(key string) {
 		b.keys.Remove(key)
 	}
 }
+
+// Ban is one key banned now.
+type Ban struct {
+	Key   string
+	Until time.Time
+}
+
+// List returns the keys banned now.
+func (b *Bans) List() []Ban {
+	if b == nil {
+		return nil
+	}
+	now := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []Ban
+	for _, k := range b.keys.Keys() {
+		if r, ok := b.keys.Peek(k); ok && !r.until.IsZero() && now.Before(r.until) {
+			out = append(out, Ban{Key: k, Until: r.until})
+		}
+	}
+	return out
+}
+
+// Lift ends key's ban (and its count of failures); it reports whether
+// the key was banned.
+func (b *Bans) Lift(key string) bool {
+	if b == nil {
+		return false
+	}
+	now := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r, ok := b.keys.Peek(key)
+	if !ok {
+		return false
+	}
+	b.keys.Remove(key)
+	return !r.until.IsZero() && now.Before(r.until)
+}

@@ -77,3 +77,28 @@ func TestBansDisabled(t *testing.T) {
 	}
 	b.Forget("x")
 }
+
+func TestBansListAndLift(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := NewBans(1, time.Minute, 5*time.Minute, 100)
+	b.now = func() time.Time { return now }
+	b.Fail("127.0.0.2")
+	b.Fail("127.0.0.3")
+	if l := b.List(); len(l) != 2 || !l[0].Until.Equal(now.Add(5*time.Minute)) {
+		t.Fatalf("list %+v", l)
+	}
+	if !b.Lift("127.0.0.2") || b.Lift("127.0.0.2") || b.Lift("127.0.0.9") {
+		t.Fatal("Lift reported wrongly")
+	}
+	if banned, _ := b.Banned("127.0.0.2"); banned {
+		t.Fatal("still banned after Lift")
+	}
+	now = now.Add(6 * time.Minute)
+	if l := b.List(); len(l) != 0 {
+		t.Fatalf("expired bans listed: %+v", l)
+	}
+	var nb *Bans
+	if nb.List() != nil || nb.Lift("x") {
+		t.Fatal("nil Bans")
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/moat-mqtt/moat/admin"
 	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/internal/devpki"
 	"github.com/moat-mqtt/moat/proxy"
@@ -43,6 +44,9 @@ Usage:
   moat passwd [--hash argon2id|bcrypt] [-D] FILE USER
                                    set (or delete) a user's password in a password file;
                                    the password is read from the terminal or stdin
+  moat bans [--config FILE] [list | lift KEY]
+                                   list active bans, or lift those on an address or
+                                   username, through the running moat's admin API
   moat certs [--dir DIR] [--client NAME]...
                                    write a dev CA, server and client certificates
   moat version                     print the version
@@ -72,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 		err = cmdPolicy(args[1:], stdout, stderr)
 	case "passwd":
 		err = cmdPasswd(args[1:], stdout, stderr)
+	case "bans":
+		err = cmdBans(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "moat", versionString())
 		return 0
@@ -188,6 +194,17 @@ func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) e
 	}
 	if err := srv.Start(); err != nil {
 		return err
+	}
+	var adm *admin.Server
+	if cfg.Admin.Address != "off" {
+		if adm, err = admin.New(cfg.Admin, srv, log); err == nil {
+			err = adm.Start(cfg.Admin.Address)
+		}
+		if err != nil {
+			srv.Shutdown(context.Background())
+			return err
+		}
+		defer adm.Shutdown(context.Background())
 	}
 	for sig := range signals {
 		if sig == syscall.SIGHUP {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/internal/devpki"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
@@ -87,7 +89,7 @@ func TestCheckConfig(t *testing.T) {
 // command-line clients.
 func TestQuickStart(t *testing.T) {
 	t.Chdir(t.TempDir())
-	quickTLS, quickPlain = mqtttest.FreePort(t), mqtttest.FreePort(t)
+	quickTLS, quickPlain, quickAdmin = mqtttest.FreePort(t), mqtttest.FreePort(t), mqtttest.FreePort(t)
 	var out, errs mqtttest.SyncBuffer
 	sigs := make(chan os.Signal, 1)
 	done := make(chan int, 1)
@@ -158,5 +160,60 @@ func TestQuickStart(t *testing.T) {
 		if i > 50 {
 			t.Fatalf("no message through the quick start: %s", errs.String())
 		}
+	}
+}
+
+// `moat bans` lists and lifts the bans of a running moat through its
+// admin API.
+func TestBansCommand(t *testing.T) {
+	dir := t.TempDir()
+	listen, adminAddr := mqtttest.FreePort(t), mqtttest.FreePort(t)
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("0123456789abcdef0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "moat.yaml")
+	cfg := fmt.Sprintf(`listeners: [{name: mqtt, address: %q}]
+upstream: {address: "127.0.0.1:1"}
+auth: {anonymous: true}
+policy: {mode: allow_all}
+decoys: {usernames: [canary]}
+admin: {address: %q, token_file: %q}
+`, listen, adminAddr, tok)
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errs mqtttest.SyncBuffer
+	sigs := make(chan os.Signal, 1)
+	done := make(chan int, 1)
+	go func() { done <- run([]string{"run", "--config", cfgFile}, &out, &errs, sigs) }()
+	defer func() {
+		sigs <- syscall.SIGTERM
+		<-done
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", adminAddr); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("admin interface did not listen: %s", errs.String())
+		}
+	}
+	if code, stdout, stderr := runCmd("bans", "--config", cfgFile); code != 0 || !strings.Contains(stdout, "no active bans") {
+		t.Fatalf("bans: %d %q %q", code, stdout, stderr)
+	}
+	// A canary login bans the address at once.
+	c := mqtttest.DialRaw(t, listen, nil)
+	c.SendPacket(&codec.Connect{Version: codec.V311, ClientID: "x", CleanStart: true, HasUsername: true, Username: "canary"})
+	c.ExpectClosed(5 * time.Second)
+	if code, stdout, stderr := runCmd("bans", "--config", cfgFile, "list"); code != 0 || !strings.Contains(stdout, "127.0.0.1") || !strings.Contains(stdout, "decoy") {
+		t.Fatalf("bans list: %d %q %q", code, stdout, stderr)
+	}
+	if code, stdout, stderr := runCmd("bans", "--config", cfgFile, "lift", "127.0.0.1"); code != 0 || !strings.Contains(stdout, "lifted") {
+		t.Fatalf("bans lift: %d %q %q", code, stdout, stderr)
+	}
+	if code, _, stderr := runCmd("bans", "--config", cfgFile, "lift", "127.0.0.1"); code != 1 || !strings.Contains(stderr, "no active ban") {
+		t.Fatalf("lifting twice: %d %q", code, stderr)
 	}
 }

@@ -23,6 +23,7 @@ import (
 var (
 	quickTLS   = "127.0.0.1:8883"
 	quickPlain = "127.0.0.1:1883"
+	quickAdmin = config.DefaultAdminAddress
 	quickCerts = "certs"
 	quickPol   = "quickstart-policy"
 )
@@ -104,6 +105,7 @@ func quickStart(stdout io.Writer) (*config.Config, func(), error) {
 		Auth:   config.Auth{Anonymous: true},
 		Policy: &config.Policy{Mode: config.ModeEnforce, Paths: []string{quickPol}},
 		Log:    config.Log{Format: "text"},
+		Admin:  config.Admin{Address: quickAdmin},
 	}
 	if err := cfg.Validate(); err != nil {
 		broker.Close()
@@ -114,6 +116,7 @@ func quickStart(stdout io.Writer) (*config.Config, func(), error) {
 moat quick start: an embedded broker on %s behind moat.
   TLS:   %s   plain: %s
   policy: %s/ (loopback clients, topics under demo/ only; edit it and moat reloads it)
+  metrics: http://%s/metrics   health: /healthz /readyz
 
 Try it (Debian package mosquitto-clients):
   mosquitto_sub -h 127.0.0.1 -p 8883 --cafile %s -t 'demo/#' -v &
@@ -124,6 +127,6 @@ And see a denial in the decision log:
 Stop with Ctrl-C. For a real broker, write a config (see moat.example.yaml) and run
   moat run --config moat.yaml
 
-`, brokerAddr, quickTLS, quickPlain, quickPol, ca, ca, ca)
+`, brokerAddr, quickTLS, quickPlain, quickPol, quickAdmin, ca, ca, ca)
 	return cfg, func() { broker.Close() }, nil
 }
