@@ -11,12 +11,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,7 +35,8 @@ const MinTokenLength = 16
 type Server struct {
 	p     *proxy.Server
 	log   *slog.Logger
-	token []byte // nil: the API is off
+	level *slog.LevelVar // nil: the level cannot be changed here
+	token []byte         // nil: the API is off
 	http  *http.Server
 	ln    net.Listener
 }
@@ -52,12 +55,13 @@ func ReadToken(path string) ([]byte, error) {
 	return b, nil
 }
 
-// New prepares the admin server for p; Start binds it.
-func New(cfg config.Admin, p *proxy.Server, log *slog.Logger) (*Server, error) {
+// New prepares the admin server for p; Start binds it. level, if not
+// nil, is the log's level, which PUT /api/log/level changes.
+func New(cfg config.Admin, p *proxy.Server, log *slog.Logger, level *slog.LevelVar) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Server{p: p, log: log}
+	a := &Server{p: p, log: log, level: level}
 	if cfg.TokenFile != "" {
 		t, err := ReadToken(cfg.TokenFile)
 		if err != nil {
@@ -74,6 +78,8 @@ func New(cfg config.Admin, p *proxy.Server, log *slog.Logger) (*Server, error) {
 	mux.Handle("GET /api/bans", a.api(a.bans))
 	mux.Handle("DELETE /api/bans/{key}", a.api(a.lift))
 	mux.Handle("GET /api/policy", a.api(a.policy))
+	mux.Handle("GET /api/log/level", a.api(a.logLevel))
+	mux.Handle("PUT /api/log/level", a.api(a.logLevel))
 	if cfg.Pprof {
 		mux.Handle("GET /debug/pprof/", a.api(pprof.Index))
 		mux.Handle("GET /debug/pprof/cmdline", a.api(pprof.Cmdline))
@@ -192,4 +198,24 @@ func (a *Server) policy(w http.ResponseWriter, _ *http.Request) {
 	st := eng.Stats()
 	writeJSON(w, map[string]any{"mode": eng.Mode().String(), "revision": st.Revision, "cache_hit_ratio": st.HitRatio(),
 		"denials": st.Denials, "shadow_denials": st.ShadowDenials, "errors": st.Errors, "reloads": st.Reloads, "reload_failures": st.ReloadErrors})
+}
+
+// logLevel reports the log level (GET) or sets it (PUT, body debug, info,
+// warn or error) until the next restart or SIGHUP.
+func (a *Server) logLevel(w http.ResponseWriter, r *http.Request) {
+	if a.level == nil {
+		http.Error(w, "the log level is fixed in this process", http.StatusNotFound)
+		return
+	}
+	if r.Method == http.MethodPut {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 64))
+		var l slog.Level
+		if err != nil || l.UnmarshalText(bytes.TrimSpace(body)) != nil {
+			http.Error(w, "send one of debug, info, warn, error", http.StatusBadRequest)
+			return
+		}
+		a.level.Set(l)
+		a.log.Info("admin API: log level changed", "level", l.String(), "remote", r.RemoteAddr)
+	}
+	writeJSON(w, map[string]string{"level": strings.ToLower(a.level.Level().String())})
 }

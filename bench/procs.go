@@ -230,6 +230,7 @@ limits:
   connections: {per_address_per_second: 1000000, per_address: 1000000, per_second: 1000000, max: 1000000}
 %s
 shutdown: {drain_timeout: 2s}
+admin: {address: "off"}
 log: {level: warn, format: text}
 `, tlsAddr, certFile, keyFile, plainAddr, upstream, policy)
 	path := filepath.Join(dir, "moat.yaml")

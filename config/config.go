@@ -69,10 +69,13 @@ type Listener struct {
 	Name string `yaml:"name"`
 	// Address is host:port to listen on, e.g. "0.0.0.0:8883".
 	Address string `yaml:"address"`
-	// Transport is "tcp" (plain MQTT) or "tls" (MQTT over TLS).
+	// Transport is "tcp" (plain MQTT), "tls" (MQTT over TLS), "ws" (MQTT
+	// over WebSocket) or "wss" (over secure WebSocket).
 	Transport string `yaml:"transport"`
-	// TLS is required when Transport is "tls".
+	// TLS is required when Transport is "tls" or "wss".
 	TLS *ServerTLS `yaml:"tls"`
+	// WebSocket configures a ws or wss listener.
+	WebSocket WebSocket `yaml:"websocket"`
 	// MaxQoS is the highest QoS clients of this listener may publish with
 	// (0, 1 or 2; default 2). MQTT 5 clients are told in CONNACK; a
 	// publish above it ends the connection (MQTT 5: DISCONNECT 0x9B).
@@ -101,6 +104,18 @@ type ServerTLS struct {
 	// MinVersion is "1.2" (default) or "1.3".
 	MinVersion string `yaml:"min_version"`
 	// HandshakeTimeout bounds the TLS handshake. Default 10s.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+}
+
+// WebSocket configures an MQTT over WebSocket listener.
+type WebSocket struct {
+	// Path is the HTTP path clients upgrade on. Default /mqtt.
+	Path string `yaml:"path"`
+	// Origins are the browser origins allowed ("https://dash.example",
+	// or "*"). Requests without an Origin header (native clients) are
+	// always allowed; a browser whose origin is not listed is refused.
+	Origins []string `yaml:"origins"`
+	// HandshakeTimeout bounds the HTTP upgrade. Default 10s.
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 }
 
@@ -457,8 +472,11 @@ type Shutdown struct {
 
 // Log controls the log output.
 type Log struct {
-	// Level is debug, info (default), warn or error.
+	// Level is debug, info (default), warn or error. SIGHUP re-reads it.
 	Level string `yaml:"level"`
+	// File is where the log goes: stderr (default) or a path, appended
+	// to and reopened on SIGHUP, so logrotate can move it away.
+	File string `yaml:"file"`
 	// Format is json (default) or text.
 	Format string `yaml:"format"`
 }
@@ -520,7 +538,7 @@ func Parse(data []byte) (*Config, error) {
 
 // yamlSections maps Go type names in YAML errors to the section they are.
 var yamlSections = map[string]string{
-	"config.Config": "the top level", "config.Listener": "a listener", "config.ServerTLS": "listener tls",
+	"config.Config": "the top level", "config.Listener": "a listener", "config.WebSocket": "listener websocket", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits", "config.ClientRate": "limits.rate", "config.ConnectionLimits": "limits.connections", "config.TopicRate": "a topic rate",
 	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.Bans": "bans", "config.Decoys": "decoys", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log", "config.Admin": "admin",
 }
@@ -582,17 +600,28 @@ func (c *Config) Validate() error {
 			if l.TLS != nil {
 				l.Transport = "tls"
 			}
-		case "tcp", "tls":
+		case "tcp", "tls", "ws", "wss":
 		default:
-			bad(f+".transport", "%q is not supported; use tcp or tls", l.Transport)
+			bad(f+".transport", "%q is not supported; use tcp, tls, ws or wss", l.Transport)
+		}
+		if l.Transport == "ws" || l.Transport == "wss" {
+			w := &l.WebSocket
+			if w.Path == "" {
+				w.Path = "/mqtt"
+			} else if !strings.HasPrefix(w.Path, "/") {
+				bad(f+".websocket.path", "%q must start with /", w.Path)
+			}
+			w.HandshakeTimeout = positiveDuration(w.HandshakeTimeout, 10*time.Second, f+".websocket.handshake_timeout", bad)
+		} else if len(l.WebSocket.Origins) > 0 || l.WebSocket.Path != "" {
+			bad(f+".websocket", "set on a %s listener; it applies to transport ws or wss", l.Transport)
 		}
 		if l.MaxQoS != nil && (*l.MaxQoS < 0 || *l.MaxQoS > 2) {
 			bad(f+".max_qos", "%d: use 0, 1 or 2", *l.MaxQoS)
 		}
-		if l.Transport == "tcp" && l.TLS != nil {
-			bad(f+".tls", "set on a tcp listener; use transport: tls or remove the tls section")
+		if (l.Transport == "tcp" || l.Transport == "ws") && l.TLS != nil {
+			bad(f+".tls", "set on a %s listener; use transport: tls (or wss) or remove the tls section", l.Transport)
 		}
-		if l.Transport == "tls" {
+		if l.Transport == "tls" || l.Transport == "wss" {
 			if l.TLS == nil {
 				bad(f+".tls", "required for transport tls: give cert_file and key_file (`moat certs` writes dev ones to certs/)")
 				continue

@@ -62,10 +62,16 @@ type merge struct {
 // verifiedCert is the client certificate the TLS handshake verified
 // against the listener's client CA, or nil.
 func (s *session) verifiedCert() *x509.Certificate {
-	if tc, ok := s.client.(*tls.Conn); ok {
-		if st := tc.ConnectionState(); len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
-			return st.VerifiedChains[0][0]
-		}
+	var st *tls.ConnectionState
+	switch c := s.client.(type) {
+	case *tls.Conn:
+		cs := c.ConnectionState()
+		st = &cs
+	case *wsConn:
+		st = c.state
+	}
+	if st != nil && len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
+		return st.VerifiedChains[0][0]
 	}
 	return nil
 }
@@ -93,13 +99,13 @@ func (s *session) authenticate(c *codec.Connect) bool {
 		s.srv.authSem <- struct{}{}
 		defer func() { <-s.srv.authSem }()
 	}
-	id, err := s.srv.auth.Authenticate(&cr)
+	id, err := s.srv.live.Load().auth.Authenticate(&cr)
 	if err == nil {
 		if id.Method == auth.Password {
 			s.srv.bansUser.Forget(c.Username)
 		}
 		s.ident = id
-		assigned, err := s.srv.auth.ClientID(id, c.ClientID, c.CleanStart)
+		assigned, err := s.srv.live.Load().auth.ClientID(id, c.ClientID, c.CleanStart)
 		if err != nil {
 			// Refused before the broker sees it: the session the id names
 			// stays with its owner.
@@ -349,7 +355,7 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 	}
 	var capped payload.Verdict
 	if code == codec.Success {
-		if rule := s.srv.payload.Rule(topic); rule != nil {
+		if rule := s.srv.live.Load().payload.Rule(topic); rule != nil {
 			v := rule.Check(pub.Payload, pub.QoS, pub.Retain)
 			switch {
 			case v.Refuse != nil:

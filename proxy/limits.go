@@ -148,7 +148,7 @@ func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, 
 // connection that only listens holds none.
 func (s *session) takeBucket() {
 	key := s.ident.Name
-	switch s.srv.cfg.Limits.Rate.Key {
+	switch s.srv.live.Load().rate.Key {
 	case "client_id":
 		key = "id:" + s.info.id
 	case "username":
@@ -163,7 +163,7 @@ func (s *session) takeBucket() {
 	}
 	s.bucketKey = key
 	if s.topicRates == nil {
-		s.topicRates = s.srv.topicRates
+		s.topicRates = s.srv.live.Load().topicRates
 	}
 }
 
@@ -176,7 +176,7 @@ func (p clientToBroker) limit(f codec.Frame, pk codec.Packet) (goOn bool) {
 		return true
 	}
 	if s.bucket == nil {
-		s.bucket = s.srv.rates.Get(s.bucketKey)
+		s.bucket = s.srv.live.Load().rates.Get(s.bucketKey)
 		if s.policyRates != nil {
 			s.bucket.Override(*s.policyRates)
 		}
@@ -202,7 +202,7 @@ func (p clientToBroker) limit(f codec.Frame, pk codec.Packet) (goOn bool) {
 
 // action is what limits.rate.action does to this client.
 func (p clientToBroker) action() string {
-	action := p.s.srv.cfg.Limits.Rate.Action
+	action := p.s.srv.live.Load().rate.Action
 	if action == "reject" && p.s.version != codec.V5 {
 		action = "pace" // 3.x has no way to say "too fast"
 	}

@@ -38,21 +38,17 @@ type Server struct {
 	listeners []*listener
 	parker    *parker // nil: idle pumps keep their goroutines
 
-	auth       *auth.Authenticator
-	authSem    chan struct{}      // bounds concurrent password hashing (CPU and memory)
-	conns      *ratelimit.Conns   // connection limits, checked at accept
-	rates      *ratelimit.Clients // per-client PUBLISH/SUBSCRIBE budgets
-	topicRates []ratelimit.TopicRule
-	abuse      *ratelimit.Bans // denials per address; nil: off
-	decoyBans  *ratelimit.Bans // addresses that touched a decoy
+	authSem    chan struct{}    // bounds concurrent password hashing (CPU and memory)
+	conns      *ratelimit.Conns // connection limits, checked at accept
+	abuse      *ratelimit.Bans  // denials per address; nil: off
+	decoyBans  *ratelimit.Bans  // addresses that touched a decoy
 	decoyUsers map[string]bool
 	alerts     atomic.Uint64
-	bansAddr   *ratelimit.Bans  // failed logins per source address; nil: off
-	bansUser   *ratelimit.Bans  // failed logins per username
-	policy     *policy.Engine   // nil in allow_all mode
-	payload    *payload.Checker // nil without payload rules
-	decisions  io.Closer        // the decision log file, if one was opened
-	stdout     io.Writer        // where decision_log.file "stdout" and "stderr" go
+	bansAddr   *ratelimit.Bans // failed logins per source address; nil: off
+	bansUser   *ratelimit.Bans // failed logins per username
+	policy     *policy.Engine  // nil in allow_all mode
+	decisions  io.Closer       // the decision log file, if one was opened
+	stdout     io.Writer       // where decision_log.file "stdout" and "stderr" go
 	stderr     io.Writer
 	stopWatch  context.CancelFunc
 	watchDone  chan struct{}
@@ -64,6 +60,8 @@ type Server struct {
 
 	nextID atomic.Uint64
 	m      *metrics
+	// live is what a configuration reload replaces; sessions load it.
+	live atomic.Pointer[live]
 
 	readyMu  sync.Mutex // the upstream check behind Ready
 	readyAt  time.Time
@@ -72,7 +70,8 @@ type Server struct {
 
 type listener struct {
 	cfg config.Listener
-	tls *tls.Config
+	tls *tls.Config                // hands each handshake cur
+	cur atomic.Pointer[tls.Config] // the TLS configuration in force
 	ln  net.Listener
 
 	active   prometheus.Gauge
@@ -91,12 +90,17 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 	}
 	for _, lc := range cfg.Listeners {
 		l := &listener{cfg: lc}
-		if lc.Transport == "tls" {
+		if lc.TLS != nil {
 			tc, err := serverTLS(lc.TLS)
 			if err != nil {
 				return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
 			}
-			l.tls = tc
+			l.cur.Store(tc)
+			// Each handshake takes the configuration in force: a reload
+			// swaps it (new certificate, CAs, CRLs) under live sessions.
+			l.tls = &tls.Config{MinVersion: tc.MinVersion, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+				return l.cur.Load(), nil
+			}}
 		}
 		s.listeners = append(s.listeners, l)
 	}
@@ -111,13 +115,18 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 	for _, l := range s.listeners {
 		l.active, l.accepted = s.m.active.WithLabelValues(l.cfg.Name), s.m.accepted.WithLabelValues(l.cfg.Name)
 	}
-	if err := s.loadAuth(); err != nil {
+	lv := &live{}
+	if err := s.loadAuth(lv); err != nil {
 		return nil, err
 	}
 	s.loadLimits()
-	if err := s.loadPayload(); err != nil {
+	buildRates(cfg, lv)
+	pc, err := buildPayload(cfg)
+	if err != nil {
 		return nil, err
 	}
+	lv.payload = pc
+	s.live.Store(lv)
 	if err := s.loadAbuse(); err != nil {
 		return nil, err
 	}
@@ -137,13 +146,13 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 	return s, nil
 }
 
-// loadPayload compiles the payload rules and their schemas.
-func (s *Server) loadPayload() error {
-	if len(s.cfg.Payload.Rules) == 0 {
-		return nil
+// buildPayload compiles the payload rules and their schemas; nil for none.
+func buildPayload(cfg *config.Config) (*payload.Checker, error) {
+	if len(cfg.Payload.Rules) == 0 {
+		return nil, nil
 	}
 	var rules []*payload.Rule
-	for i, rc := range s.cfg.Payload.Rules {
+	for i, rc := range cfg.Payload.Rules {
 		r := &payload.Rule{Topics: rc.Topics, MaxSize: int(rc.MaxSize), UTF8: rc.UTF8, JSON: rc.JSON, Retain: rc.Retain, MaxQoS: -1, CapQoS: rc.MaxQoSAction == "cap"}
 		if rc.MaxQoS != nil {
 			r.MaxQoS = *rc.MaxQoS
@@ -151,18 +160,13 @@ func (s *Server) loadPayload() error {
 		if rc.SchemaFile != "" {
 			sch, err := payload.CompileSchema(rc.SchemaFile)
 			if err != nil {
-				return fmt.Errorf("payload.rules[%d].schema_file: %w", i, err)
+				return nil, fmt.Errorf("payload.rules[%d].schema_file: %w", i, err)
 			}
 			r.Schema = sch
 		}
 		rules = append(rules, r)
 	}
-	c, err := payload.New(rules)
-	if err != nil {
-		return err
-	}
-	s.payload = c
-	return nil
+	return payload.New(rules)
 }
 
 // loadLimits sets up the connection limits and the client budgets; a
@@ -174,28 +178,38 @@ func (s *Server) loadLimits() {
 		PerAddressRate: rate.Limit(off(c.PerAddressPerSecond)), PerAddressBurst: c.PerAddressBurst, PerAddress: max(c.PerAddress, 0),
 		GlobalRate: rate.Limit(off(c.PerSecond)), GlobalBurst: c.Burst, Global: max(c.Max, 0),
 	}, 100_000)
-	r := s.cfg.Limits.Rate
-	s.rates = ratelimit.NewClients(ratelimit.Rates{
+}
+
+// buildRates makes the client budget registry and the topic budgets.
+func buildRates(cfg *config.Config, lv *live) {
+	off := func(v float64) float64 { return max(v, 0) }
+	r := cfg.Limits.Rate
+	lv.rate = r
+	lv.rates = ratelimit.NewClients(ratelimit.Rates{
 		Messages: rate.Limit(off(r.PublishPerSecond)), MessageBurst: r.PublishBurst,
 		Bytes: rate.Limit(off(float64(r.BytesPerSecond))), ByteBurst: int(r.BytesBurst),
 		Subscribes: rate.Limit(off(r.SubscribePerSecond)), SubscribeBurst: r.SubscribeBurst,
 	}, r.Clients)
-	for _, tr := range s.cfg.Limits.TopicRates {
-		s.topicRates = append(s.topicRates, ratelimit.TopicRule{Filters: tr.Topics, PerSecond: tr.PublishPerSecond, Burst: tr.PublishBurst})
+	for _, tr := range cfg.Limits.TopicRates {
+		lv.topicRates = append(lv.topicRates, topicRule(tr))
 	}
 }
 
-// loadAuth reads the password file and sets up the methods.
-func (s *Server) loadAuth() error {
-	ac := s.cfg.Auth
-	cfg := auth.Config{Methods: ac.Methods, Anonymous: ac.Anonymous, CertIdentity: ac.Certificate.Identity, BindClientID: ac.ClientID.Bind}
+func topicRule(tr config.TopicRate) ratelimit.TopicRule {
+	return ratelimit.TopicRule{Filters: tr.Topics, PerSecond: tr.PublishPerSecond, Burst: tr.PublishBurst}
+}
+
+// buildAuth reads the password file and sets up the methods.
+func buildAuth(cfg *config.Config, log *slog.Logger) (*auth.Authenticator, error) {
+	ac := cfg.Auth
+	acfg := auth.Config{Methods: ac.Methods, Anonymous: ac.Anonymous, CertIdentity: ac.Certificate.Identity, BindClientID: ac.ClientID.Bind}
 	if ac.PasswordFile != "" {
 		pw, err := auth.LoadPasswords(ac.PasswordFile)
 		if err != nil {
-			return fmt.Errorf("auth.password_file: %w", err)
+			return nil, fmt.Errorf("auth.password_file: %w", err)
 		}
-		cfg.Passwords = pw
-		s.log.Info("password file loaded", "file", ac.PasswordFile, "users", pw.Len())
+		acfg.Passwords = pw
+		log.Info("password file loaded", "file", ac.PasswordFile, "users", pw.Len())
 	}
 	if jc := ac.JWT; jc != nil {
 		j := &auth.JWT{JWKSFile: jc.JWKSFile, JWKSURL: jc.JWKSURL, Issuer: jc.Issuer, Audience: jc.Audience,
@@ -204,28 +218,37 @@ func (s *Server) loadAuth() error {
 		if jc.JWKSCAFile != "" {
 			pool, err := loadPool(jc.JWKSCAFile)
 			if err != nil {
-				return fmt.Errorf("auth.jwt.jwks_ca_file: %w", err)
+				return nil, fmt.Errorf("auth.jwt.jwks_ca_file: %w", err)
 			}
 			j.HTTPClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 		}
 		if jc.HS256SecretFile != "" {
 			secret, err := os.ReadFile(jc.HS256SecretFile)
 			if err != nil {
-				return fmt.Errorf("auth.jwt.hs256_secret_file: %w", err)
+				return nil, fmt.Errorf("auth.jwt.hs256_secret_file: %w", err)
 			}
 			j.HMACSecret = bytes.TrimRight(secret, "\r\n")
 		}
-		cfg.JWT = j
+		acfg.JWT = j
 	}
-	a, err := auth.New(cfg)
+	a, err := auth.New(acfg)
 	if err != nil {
-		return fmt.Errorf("auth: %w", err)
+		return nil, fmt.Errorf("auth: %w", err)
 	}
 	if ac.Anonymous {
-		s.log.Warn("anonymous clients are admitted (auth.anonymous: true)")
+		log.Warn("anonymous clients are admitted (auth.anonymous: true)")
 	}
-	s.auth = a
-	if bf := ac.BruteForce; bf.MaxFailures > 0 {
+	return a, nil
+}
+
+// loadAuth sets up authentication and the brute-force bans.
+func (s *Server) loadAuth(lv *live) error {
+	a, err := buildAuth(s.cfg, s.log)
+	if err != nil {
+		return err
+	}
+	lv.auth = a
+	if bf := s.cfg.Auth.BruteForce; bf.MaxFailures > 0 {
 		s.bansAddr = ratelimit.NewBans(bf.MaxFailures, bf.Window, bf.Ban, 100_000)
 		s.bansUser = ratelimit.NewBans(bf.MaxFailures, bf.Window, bf.Ban, 100_000)
 	}
@@ -337,7 +360,11 @@ func (s *Server) Start() error {
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.cfg.Name, "address", l.ln.Addr().String(), "transport", l.cfg.Transport)
 		s.wg.Add(1)
-		go s.acceptLoop(l)
+		if l.webSocket() {
+			go s.serveWebSocket(l)
+		} else {
+			go s.acceptLoop(l)
+		}
 	}
 	return nil
 }
@@ -369,19 +396,9 @@ func (s *Server) acceptLoop(l *listener) {
 		}
 		backoff = 0
 		addr := hostOf(conn.RemoteAddr())
-		if s.bannedAddr(addr) {
-			// Before the TLS handshake: a banned address costs one accept.
-			s.m.refusedConns.WithLabelValues(l.cfg.Name, "banned").Inc()
-			conn.Close()
+		if !s.admit(l, conn, addr) {
 			continue
 		}
-		if ok, why := s.conns.Admit(addr, time.Now()); !ok {
-			s.m.refusedConns.WithLabelValues(l.cfg.Name, "connection_limit").Inc()
-			s.log.Debug("connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
-			conn.Close()
-			continue
-		}
-		l.accepted.Inc()
 		if tc, ok := conn.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
@@ -395,6 +412,27 @@ func (s *Server) acceptLoop(l *listener) {
 		go sess.serve()
 	}
 }
+
+// admit applies bans and connection limits to a new connection, before
+// TLS: a refused one is closed and costs one accept.
+func (s *Server) admit(l *listener, conn net.Conn, addr string) bool {
+	if s.bannedAddr(addr) {
+		s.m.refusedConns.WithLabelValues(l.cfg.Name, "banned").Inc()
+		conn.Close()
+		return false
+	}
+	if ok, why := s.conns.Admit(addr, time.Now()); !ok {
+		s.m.refusedConns.WithLabelValues(l.cfg.Name, "connection_limit").Inc()
+		s.log.Debug("connection refused", "remote", conn.RemoteAddr().String(), "reason", why)
+		conn.Close()
+		return false
+	}
+	l.accepted.Inc()
+	return true
+}
+
+// webSocket reports whether the listener speaks MQTT over WebSocket.
+func (l *listener) webSocket() bool { return l.cfg.Transport == "ws" || l.cfg.Transport == "wss" }
 
 // bannedAddr reports whether any ban holds the address.
 func (s *Server) bannedAddr(addr string) bool {
@@ -498,4 +536,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	return ctx.Err()
+}
+
+// live is the part of the configuration that Reload replaces while
+// connections stay up.
+type live struct {
+	auth       *auth.Authenticator
+	payload    *payload.Checker // nil without payload rules
+	rates      *ratelimit.Clients
+	rate       config.ClientRate // the budgets' key and action
+	topicRates []ratelimit.TopicRule
 }

@@ -133,7 +133,7 @@ func newSession(srv *Server, l *listener, conn net.Conn) *session {
 	wc := newWaitConn(conn, l.tls != nil)
 	s.cwc, _ = wc.(*waitConn)
 	s.client = wc
-	if l.tls != nil {
+	if l.tls != nil && !l.webSocket() { // wss: the HTTP server did the TLS
 		s.client = tls.Server(wc, l.tls)
 	}
 	return s
@@ -149,7 +149,7 @@ func (s *session) serve() {
 		return
 	}
 	s.up.Store(true)
-	s.logger().Info("client connected", "client_id", s.info.id, "username", s.info.username,
+	s.logger().Info("client connected", "client_id", s.info.id, "identity", s.ident.Name, "auth_method", s.ident.Method, "username", s.info.username,
 		"protocol", s.version.String(), "clean_start", s.info.cleanStart, "keep_alive", s.info.keepAlive)
 	s.pumps.Store(2)
 	s.armExpiry()
@@ -191,8 +191,8 @@ func (s *session) pumpDone() {
 		}
 		s.lingerClient()
 	}
-	s.logger().Info("client disconnected", "client_id", s.info.id, "duration", time.Since(s.start).Round(time.Millisecond).String(),
-		"reason", s.reason)
+	s.logger().Info("client disconnected", "client_id", s.info.id, "identity", s.ident.Name, "protocol", s.version.String(),
+		"duration", time.Since(s.start).Round(time.Millisecond).String(), "reason", s.reason)
 	s.finish()
 }
 
@@ -202,9 +202,10 @@ func (s *session) finish() {
 		s.expiry.Stop()
 	}
 	if s.bucket != nil {
-		s.srv.rates.Put(s.bucketKey, s.bucket)
+		s.srv.live.Load().rates.Put(s.bucketKey, s.bucket)
 	}
-	if s.addr != "" {
+	if s.addr != "" && !s.lst.webSocket() {
+		// (A WebSocket's admission is released with its HTTP connection.)
 		s.srv.conns.Release(s.addr)
 	}
 	s.closeAll()

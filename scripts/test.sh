@@ -27,6 +27,9 @@ done
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 
+echo "== allocation counts (without the race detector, which allocates)"
+go test -count=1 -run 'AllocatesNothing|NoAlloc' ./proxy ./codec
+
 echo "== load harness smoke run (bench/, seconds)"
 go run ./bench -smoke > /dev/null
 

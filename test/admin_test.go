@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,7 +33,7 @@ func adminEnv(t *testing.T, mutate func(*config.Config)) (*env, string) {
 	if err := os.WriteFile(tok, []byte(adminToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, err := admin.New(config.Admin{TokenFile: tok}, e.srv, testLogger(t))
+	a, err := admin.New(config.Admin{TokenFile: tok}, e.srv, testLogger(t), new(slog.LevelVar))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,6 +195,17 @@ func TestAdminAPI(t *testing.T) {
 	again := mqtttest.DialRawFrom(t, "127.0.0.2", e.plain)
 	again.Connect(codec.V311, "forgiven", 30)
 
+	if code, body := httpDo(t, "PUT", base+"/api/log/level", adminToken); code != http.StatusBadRequest {
+		t.Fatalf("empty log level: %d %s", code, body)
+	}
+	req, _ := http.NewRequest("PUT", base+"/api/log/level", strings.NewReader("debug\n"))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("setting the log level: %v %v", resp, err)
+	}
+	if code, body := httpDo(t, "GET", base+"/api/log/level", adminToken); code != 200 || !strings.Contains(body, `"debug"`) {
+		t.Fatalf("log level: %d %s", code, body)
+	}
 	if code, body := httpDo(t, "GET", base+"/api/policy", adminToken); code != 200 || !strings.Contains(body, `"revision"`) || !strings.Contains(body, `"mode": "enforce"`) {
 		t.Fatalf("policy: %d %s", code, body)
 	}

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/moat-mqtt/moat/admin"
@@ -187,7 +188,17 @@ func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) e
 	} else if cfg, err = config.Load(*path); err != nil {
 		return fmt.Errorf("configuration is invalid:\n%s", indent(err.Error()))
 	}
-	log := newLogger(cfg.Log, stderr)
+	var logOut io.Writer = stderr
+	var lf *logFile
+	if f := cfg.Log.File; f != "" && f != "stderr" {
+		if lf, err = openLogFile(f); err != nil {
+			return err
+		}
+		defer lf.Close()
+		logOut = lf
+	}
+	level := new(slog.LevelVar)
+	log := newLogger(cfg.Log, logOut, level)
 	srv, err := proxy.New(cfg, log, proxy.WithOutput(stdout, stderr))
 	if err != nil {
 		return err
@@ -197,7 +208,7 @@ func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) e
 	}
 	var adm *admin.Server
 	if cfg.Admin.Address != "off" {
-		if adm, err = admin.New(cfg.Admin, srv, log); err == nil {
+		if adm, err = admin.New(cfg.Admin, srv, log, level); err == nil {
 			err = adm.Start(cfg.Admin.Address)
 		}
 		if err != nil {
@@ -206,14 +217,32 @@ func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) e
 		}
 		defer adm.Shutdown(context.Background())
 	}
+	var reloadMu sync.Mutex
+	reload := func() {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		reloadConfig(*path, srv, level, log)
+	}
+	if iv := cfg.Policy.WatchInterval.D; *path != "" && iv > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go watchConfig(ctx, *path, cfg, iv, reload)
+	}
 	for sig := range signals {
 		if sig == syscall.SIGHUP {
+			if lf != nil {
+				if err := lf.Reopen(); err != nil {
+					log.Error("SIGHUP: reopening the log file failed; logging to the old one", "error", err)
+				}
+			}
+			if *path != "" {
+				reload()
+			}
 			if eng := srv.Policy(); eng != nil {
 				// Reload logs the outcome; a refused policy leaves the
 				// last good one in force.
 				eng.Reload()
 			}
-			log.Info("SIGHUP: the policy is reloaded; other configuration changes need a restart")
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String(), "drain_timeout", cfg.Shutdown.DrainTimeout.String())
@@ -227,14 +256,4 @@ func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) e
 		return nil
 	}
 	return nil
-}
-
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var level slog.Level
-	level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }

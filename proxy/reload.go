@@ -1,0 +1,96 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"fmt"
+	"reflect"
+
+	"github.com/moat-mqtt/moat/config"
+)
+
+// Reload applies a new configuration to the running server without
+// dropping a connection: the listeners' certificates, client CAs and
+// CRLs (new handshakes use them), the password file and JWT settings,
+// payload rules, and the client budgets (limits.rate, topic_rates).
+// Everything is built first; if any part fails, nothing changes and the
+// error says why. It returns the sections that differ but only take
+// effect after a restart. The policy files reload on their own.
+func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
+	certs := make([]*tls.Config, len(s.listeners))
+	for i, l := range s.listeners {
+		nc := listenerNamed(cfg, l.cfg.Name)
+		if nc == nil || nc.Transport != l.cfg.Transport || nc.Address != l.cfg.Address ||
+			!reflect.DeepEqual(nc.MaxQoS, l.cfg.MaxQoS) || !reflect.DeepEqual(nc.RetainAvailable, l.cfg.RetainAvailable) {
+			restart = append(restart, "listeners["+l.cfg.Name+"]")
+			continue
+		}
+		if nc.TLS != nil {
+			if certs[i], err = serverTLS(nc.TLS); err != nil {
+				return nil, fmt.Errorf("listener %q: %w", nc.Name, err)
+			}
+		}
+	}
+	if len(cfg.Listeners) != len(s.listeners) {
+		restart = append(restart, "listeners")
+	}
+	old := s.live.Load()
+	lv := &live{}
+	if lv.auth, err = buildAuth(cfg, s.log); err != nil {
+		return nil, err
+	}
+	if lv.payload, err = buildPayload(cfg); err != nil {
+		return nil, err
+	}
+	if reflect.DeepEqual(cfg.Limits.Rate, old.rate) {
+		// Unchanged budgets keep their registry: a reload refills no one.
+		lv.rates, lv.rate = old.rates, old.rate
+		for _, tr := range cfg.Limits.TopicRates {
+			lv.topicRates = append(lv.topicRates, topicRule(tr))
+		}
+	} else {
+		buildRates(cfg, lv)
+	}
+
+	for i, l := range s.listeners {
+		if certs[i] != nil {
+			l.cur.Store(certs[i])
+		}
+	}
+	s.live.Store(lv)
+
+	cur := s.cfg
+	for _, d := range []struct {
+		name     string
+		old, new any
+	}{
+		{"upstream", cur.Upstream, cfg.Upstream},
+		{"limits", restartLimits(cur.Limits), restartLimits(cfg.Limits)},
+		{"auth.brute_force", cur.Auth.BruteForce, cfg.Auth.BruteForce},
+		{"policy", cur.Policy, cfg.Policy},
+		{"bans", cur.Bans, cfg.Bans},
+		{"decoys", cur.Decoys, cfg.Decoys},
+		{"admin", cur.Admin, cfg.Admin},
+		{"shutdown", cur.Shutdown, cfg.Shutdown},
+	} {
+		if !reflect.DeepEqual(d.old, d.new) {
+			restart = append(restart, d.name)
+		}
+	}
+	s.log.Info("configuration reloaded", "applied", "listener certificates and CAs, auth, payload rules, limits.rate and topic_rates", "need_restart", restart)
+	return restart, nil
+}
+
+func listenerNamed(cfg *config.Config, name string) *config.Listener {
+	for i := range cfg.Listeners {
+		if cfg.Listeners[i].Name == name {
+			return &cfg.Listeners[i]
+		}
+	}
+	return nil
+}
+
+// restartLimits is the part of limits a reload does not apply.
+func restartLimits(l config.Limits) config.Limits {
+	l.Rate, l.TopicRates = config.ClientRate{}, nil
+	return l
+}
