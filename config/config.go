@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -76,6 +77,9 @@ type Listener struct {
 	TLS *ServerTLS `yaml:"tls"`
 	// WebSocket configures a ws or wss listener.
 	WebSocket WebSocket `yaml:"websocket"`
+	// ProxyProtocol accepts PROXY protocol v1/v2 headers from trusted
+	// load balancers (tcp and tls listeners). Off when absent.
+	ProxyProtocol *ProxyProtocol `yaml:"proxy_protocol"`
 	// MaxQoS is the highest QoS clients of this listener may publish with
 	// (0, 1 or 2; default 2). MQTT 5 clients are told in CONNACK; a
 	// publish above it ends the connection (MQTT 5: DISCONNECT 0x9B).
@@ -105,6 +109,40 @@ type ServerTLS struct {
 	MinVersion string `yaml:"min_version"`
 	// HandshakeTimeout bounds the TLS handshake. Default 10s.
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+}
+
+// ProxyProtocol lets load balancers say who the client is.
+type ProxyProtocol struct {
+	// Trusted are the balancers' addresses or CIDR ranges. Connections
+	// from them must start with a PROXY header. Required.
+	Trusted []string `yaml:"trusted"`
+	// AllowDirect also admits clients that connect straight from an
+	// address not in Trusted (no header expected). Default false: every
+	// client must come through a balancer.
+	AllowDirect bool `yaml:"allow_direct"`
+}
+
+// TrustedPrefixes parses Trusted (validated by Validate).
+func (p *ProxyProtocol) TrustedPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, t := range p.Trusted {
+		if pr, err := parsePrefix(t); err == nil {
+			out = append(out, pr)
+		}
+	}
+	return out
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 // WebSocket configures an MQTT over WebSocket listener.
@@ -614,6 +652,19 @@ func (c *Config) Validate() error {
 			w.HandshakeTimeout = positiveDuration(w.HandshakeTimeout, 10*time.Second, f+".websocket.handshake_timeout", bad)
 		} else if len(l.WebSocket.Origins) > 0 || l.WebSocket.Path != "" {
 			bad(f+".websocket", "set on a %s listener; it applies to transport ws or wss", l.Transport)
+		}
+		if pp := l.ProxyProtocol; pp != nil {
+			if l.Transport != "tcp" && l.Transport != "tls" {
+				bad(f+".proxy_protocol", "only tcp and tls listeners take PROXY headers")
+			}
+			if len(pp.Trusted) == 0 {
+				bad(f+".proxy_protocol.trusted", "required: the load balancers' addresses or CIDR ranges; a PROXY header from anyone else is not believed")
+			}
+			for _, t := range pp.Trusted {
+				if _, err := parsePrefix(t); err != nil {
+					bad(f+".proxy_protocol.trusted", "%q is not an address or CIDR range", t)
+				}
+			}
 		}
 		if l.MaxQoS != nil && (*l.MaxQoS < 0 || *l.MaxQoS > 2) {
 			bad(f+".max_qos", "%d: use 0, 1 or 2", *l.MaxQoS)

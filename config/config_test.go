@@ -137,6 +137,10 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"bad qos action", listener + base + "auth: {anonymous: true}\npayload: {rules: [{topics: [a], max_qos: 1, max_qos_action: lower}]}\n", "payload.rules[0].max_qos_action"},
 		{"bad admin address", listener + base + "auth: {anonymous: true}\nadmin: {address: localhost}\n", "admin.address"},
 		{"pprof without token", listener + base + "auth: {anonymous: true}\nadmin: {pprof: true}\n", "admin.pprof: needs admin.token_file"},
+		{"proxy protocol without trusted", "listeners: [{name: a, address: \"127.0.0.1:1\", proxy_protocol: {allow_direct: true}}]\n" + base + "auth: {anonymous: true}\n", "proxy_protocol.trusted: required"},
+		{"proxy protocol bad range", "listeners: [{name: a, address: \"127.0.0.1:1\", proxy_protocol: {trusted: [lb.example]}}]\n" + base + "auth: {anonymous: true}\n", "not an address or CIDR"},
+		{"websocket on tcp", "listeners: [{name: a, address: \"127.0.0.1:1\", websocket: {path: /x}}]\n" + base + "auth: {anonymous: true}\n", "listeners[0].websocket"},
+		{"wss without tls", "listeners: [{name: a, address: \"127.0.0.1:1\", transport: wss}]\n" + base + "auth: {anonymous: true}\n", "listeners[0].tls"},
 		{"unknown policy key", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {sise: 5}}\n", "policy.cache"},
 	}
 	for _, c := range cases {

@@ -51,7 +51,7 @@ func (s *Server) Connections() []Conn {
 	out := make([]Conn, 0, len(list))
 	for _, sess := range list {
 		out = append(out, Conn{ID: sess.id, ClientID: sess.info.id, Identity: sess.ident.Name, AuthMethod: sess.ident.Method,
-			Username: sess.ident.Username, Address: sess.client.RemoteAddr().String(), Listener: sess.lst.cfg.Name,
+			Username: sess.ident.Username, Address: sess.remote().String(), Listener: sess.lst.cfg.Name,
 			Protocol: sess.version.String(), Since: sess.start.UTC(),
 			PacketsIn: sess.fromClient.packets.Load(), BytesIn: sess.fromClient.bytes.Load(),
 			PacketsOut: sess.fromBroker.packets.Load(), BytesOut: sess.fromBroker.bytes.Load()})

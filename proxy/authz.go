@@ -120,7 +120,7 @@ func (s *session) authenticate(c *codec.Connect) bool {
 	}
 	s.logger().Info("authentication failed", "client_id", c.ClientID, "username", c.Username, "error", err.Error())
 	s.srv.m.authFailures.WithLabelValues(authCause(err)).Inc()
-	if s.srv.bansAddr.Fail(hostOf(s.client.RemoteAddr())) {
+	if s.srv.bansAddr.Fail(s.addr) {
 		s.srv.m.bans.WithLabelValues("login_address").Inc()
 		s.logger().Warn("address banned after failed logins", "ban", s.srv.cfg.Auth.BruteForce.Ban.String())
 	}
@@ -160,7 +160,7 @@ func (s *session) newSubject(c *codec.Connect) *policy.Subject {
 		Listener: s.lst.cfg.Name, Transport: s.lst.cfg.Transport, AuthMethod: s.ident.Method, Username: s.ident.Username,
 		Claims: s.ident.Claims,
 	}
-	if host, port, err := net.SplitHostPort(s.client.RemoteAddr().String()); err == nil {
+	if host, port, err := net.SplitHostPort(s.remote().String()); err == nil {
 		cl.Address = host
 		cl.Port, _ = strconv.Atoi(port)
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -74,6 +75,8 @@ type listener struct {
 	cur atomic.Pointer[tls.Config] // the TLS configuration in force
 	ln  net.Listener
 
+	trusted []netip.Prefix // load balancers that may send PROXY headers
+
 	active   prometheus.Gauge
 	accepted prometheus.Counter
 }
@@ -90,6 +93,9 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 	}
 	for _, lc := range cfg.Listeners {
 		l := &listener{cfg: lc}
+		if lc.ProxyProtocol != nil {
+			l.trusted = lc.ProxyProtocol.TrustedPrefixes()
+		}
 		if lc.TLS != nil {
 			tc, err := serverTLS(lc.TLS)
 			if err != nil {
@@ -395,6 +401,19 @@ func (s *Server) acceptLoop(l *listener) {
 			continue
 		}
 		backoff = 0
+		if pp := l.cfg.ProxyProtocol; pp != nil {
+			if trustedSource(l.trusted, conn.RemoteAddr()) {
+				s.wg.Add(1)
+				go s.acceptProxied(l, conn)
+				continue
+			}
+			if !pp.AllowDirect {
+				s.m.refusedConns.WithLabelValues(l.cfg.Name, "not_a_balancer").Inc()
+				s.log.Debug("connection refused: not from a trusted load balancer", "listener", l.cfg.Name, "remote", conn.RemoteAddr().String())
+				conn.Close()
+				continue
+			}
+		}
 		addr := hostOf(conn.RemoteAddr())
 		if !s.admit(l, conn, addr) {
 			continue

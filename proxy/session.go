@@ -55,7 +55,15 @@ type clientInfo struct {
 // since logging is rare and a per-session logger costs every idle
 // connection memory.
 func (s *session) logger() *slog.Logger {
-	return s.srv.log.With("conn", s.id, "listener", s.lst.cfg.Name, "remote", s.client.RemoteAddr().String())
+	return s.srv.log.With("conn", s.id, "listener", s.lst.cfg.Name, "remote", s.remote().String())
+}
+
+// remote is the client's address: from the PROXY header, or the socket.
+func (s *session) remote() net.Addr {
+	if s.peer != nil {
+		return s.peer
+	}
+	return s.client.RemoteAddr()
 }
 
 // session is one client connection and its upstream connection.
@@ -63,7 +71,8 @@ type session struct {
 	srv    *Server
 	lst    *listener
 	id     uint64
-	addr   string // the client's IP, the key of per-address limits
+	addr   string   // the client's IP, the key of per-address limits
+	peer   net.Addr // the client's address from a PROXY header; nil: the socket's
 	client net.Conn
 	start  time.Time
 
