@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -30,8 +31,10 @@ import (
 	"github.com/moat-mqtt/moat/proxy"
 )
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
-var version = ""
+// version and commit are set at build time with
+// -ldflags "-X main.version=v1.2.3 -X main.commit=$(git rev-parse HEAD)";
+// otherwise they come from the module and VCS build information.
+var version, commit = "", ""
 
 const usage = `moat is an inline MQTT security proxy.
 
@@ -104,13 +107,32 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 }
 
 func versionString() string {
-	if version != "" {
-		return version
+	v, rev, dirty := version, commit, false
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		for _, st := range bi.Settings {
+			switch {
+			case st.Key == "vcs.revision" && rev == "":
+				rev = st.Value
+			case st.Key == "vcs.modified":
+				dirty = st.Value == "true"
+			}
+		}
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+	if v == "" {
+		v = "dev"
 	}
-	return "dev"
+	if rev == "" {
+		rev = "unknown"
+	} else if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "+modified"
+	}
+	return fmt.Sprintf("%s (commit %s, %s)", v, rev, runtime.Version())
 }
 
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
@@ -130,6 +152,11 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	// Loading certificates is part of checking them.
 	if _, err := proxy.New(cfg, nil); err != nil {
 		return fmt.Errorf("configuration is invalid:\n%s", indent(err.Error()))
+	}
+	if cfg.Admin.TokenFile != "" {
+		if _, err := admin.ReadToken(cfg.Admin.TokenFile); err != nil {
+			return fmt.Errorf("configuration is invalid:\n%s", indent(err.Error()))
+		}
 	}
 	fmt.Fprintf(stdout, "%s: OK (%d listener(s), upstream %s, policy mode %s)\n",
 		*path, len(cfg.Listeners), cfg.Upstream.Address, cfg.Policy.Mode)
