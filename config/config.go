@@ -161,6 +161,10 @@ type WebSocket struct {
 type Upstream struct {
 	// Address is the broker's host:port. Required (except in the quick start).
 	Address string `yaml:"address"`
+	// Fallbacks are further brokers (host:port) tried in order when the
+	// one before is down, e.g. the members of a broker cluster. The same
+	// TLS settings and credentials apply to all.
+	Fallbacks []string `yaml:"fallbacks"`
 	// DialTimeout bounds connecting to the broker (TCP and TLS). Default 5s.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	// TLS, when set, makes moat speak TLS to the broker.
@@ -194,8 +198,8 @@ type ClientTLS struct {
 	// asks for one.
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
-	// ServerName is the name verified in the broker's certificate. Default:
-	// the host part of Upstream.Address.
+	// ServerName is the name verified in the broker's certificate (all of
+	// them, with fallbacks). Default: each address's own host part.
 	ServerName string `yaml:"server_name"`
 }
 
@@ -686,6 +690,11 @@ func (c *Config) Validate() error {
 	} else if err := checkHostPort(c.Upstream.Address); err != nil {
 		bad("upstream.address", "%v", err)
 	}
+	for i, a := range c.Upstream.Fallbacks {
+		if err := checkHostPort(a); err != nil {
+			bad(fmt.Sprintf("upstream.fallbacks[%d]", i), "%v", err)
+		}
+	}
 	c.Upstream.DialTimeout = positiveDuration(c.Upstream.DialTimeout, DefaultDialTimeout, "upstream.dial_timeout", bad)
 	if t := c.Upstream.TLS; t != nil {
 		if (t.CertFile == "") != (t.KeyFile == "") {
@@ -694,11 +703,8 @@ func (c *Config) Validate() error {
 		for field, path := range map[string]string{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile} {
 			checkFile("upstream.tls."+field, path, bad)
 		}
-		if t.ServerName == "" {
-			if host, _, err := net.SplitHostPort(c.Upstream.Address); err == nil {
-				t.ServerName = host
-			}
-		}
+		// An empty server_name verifies each broker (address and
+		// fallbacks) under its own host.
 	}
 
 	cr := &c.Upstream.Credentials

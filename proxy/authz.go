@@ -62,16 +62,17 @@ type merge struct {
 // verifiedCert is the client certificate the TLS handshake verified
 // against the listener's client CA, or nil.
 func (s *session) verifiedCert() *x509.Certificate {
-	var st *tls.ConnectionState
+	var chains [][]*x509.Certificate
 	switch c := s.client.(type) {
 	case *tls.Conn:
-		cs := c.ConnectionState()
-		st = &cs
+		chains = c.ConnectionState().VerifiedChains
 	case *wsConn:
-		st = c.state
+		if c.state != nil {
+			chains = c.state.VerifiedChains
+		}
 	}
-	if st != nil && len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
-		return st.VerifiedChains[0][0]
+	if len(chains) > 0 && len(chains[0]) > 0 {
+		return chains[0][0]
 	}
 	return nil
 }

@@ -14,9 +14,11 @@ import (
 // back. Publishes moat answers itself take none, so the count never
 // exceeds the client's own.
 type inflight struct {
-	n    atomic.Int32
-	max  int32
-	free chan struct{} // 3.x only: wakes a client pump waiting for a slot
+	n   atomic.Int32
+	max int32
+	// free wakes a paced 3.x client pump when a slot frees; made the
+	// first time one waits, so connections that never do hold none.
+	free atomic.Pointer[chan struct{}]
 }
 
 // acquire takes a slot for a publish about to be forwarded. MQTT 5
@@ -34,9 +36,15 @@ func (s *session) acquire() bool {
 			return false
 		}
 		s.uw.flush() // what is queued may be what the broker must ack
+		free := q.free.Load()
+		if free == nil {
+			ch := make(chan struct{}, 1)
+			q.free.CompareAndSwap(nil, &ch)
+			free = q.free.Load()
+		}
 		t := time.NewTimer(100 * time.Millisecond)
 		select {
-		case <-q.free:
+		case <-*free:
 		case <-t.C:
 		}
 		t.Stop()
@@ -59,9 +67,9 @@ func (s *session) release() {
 		// session's PUBREL): it held no slot here.
 		q.n.Add(1)
 	}
-	if q.free != nil {
+	if free := q.free.Load(); free != nil {
 		select {
-		case q.free <- struct{}{}:
+		case *free <- struct{}{}:
 		default:
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"reflect"
+	"time"
 
 	"github.com/moat-mqtt/moat/config"
 )
@@ -59,15 +60,27 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 	s.live.Store(lv)
 
 	cur := s.cfg
+	// Ban thresholds change in place, keeping current bans; turning a
+	// kind of ban on or off needs a restart.
+	if bf := cfg.Auth.BruteForce; (bf.MaxFailures > 0) == (s.bansAddr != nil) {
+		s.bansAddr.Configure(bf.MaxFailures, bf.Window, bf.Ban)
+		s.bansUser.Configure(bf.MaxFailures, bf.Window, bf.Ban)
+	} else {
+		restart = append(restart, "auth.brute_force")
+	}
+	if b := cfg.Bans; (b.Denials > 0) == (s.abuse != nil) {
+		s.abuse.Configure(b.Denials, b.Window, b.Duration)
+		s.decoyBans.Configure(1, time.Hour, b.Duration)
+	} else {
+		restart = append(restart, "bans")
+	}
 	for _, d := range []struct {
 		name     string
 		old, new any
 	}{
 		{"upstream", cur.Upstream, cfg.Upstream},
 		{"limits", restartLimits(cur.Limits), restartLimits(cfg.Limits)},
-		{"auth.brute_force", cur.Auth.BruteForce, cfg.Auth.BruteForce},
 		{"policy", cur.Policy, cfg.Policy},
-		{"bans", cur.Bans, cfg.Bans},
 		{"decoys", cur.Decoys, cfg.Decoys},
 		{"admin", cur.Admin, cfg.Admin},
 		{"shutdown", cur.Shutdown, cfg.Shutdown},
@@ -76,7 +89,7 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 			restart = append(restart, d.name)
 		}
 	}
-	s.log.Info("configuration reloaded", "applied", "listener certificates and CAs, auth, payload rules, limits.rate and topic_rates", "need_restart", restart)
+	s.log.Info("configuration reloaded", "applied", "listener certificates and CAs, auth, payload rules, limits.rate and topic_rates, ban thresholds", "need_restart", restart)
 	return restart, nil
 }
 

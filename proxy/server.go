@@ -34,7 +34,12 @@ type Server struct {
 	cfg      *config.Config
 	log      *slog.Logger
 	upstream *tls.Config // nil for plain TCP to the broker
-	svcPass  []byte      // the service account's password (upstream.credentials replace)
+	// upstreams are the broker addresses (address, then fallbacks), with
+	// their TLS configurations; upPreferred is the one that answered last.
+	upstreams   []string
+	upstreamTLS []*tls.Config
+	upPreferred atomic.Int32
+	svcPass     []byte // the service account's password (upstream.credentials replace)
 
 	listeners []*listener
 	parker    *parker // nil: idle pumps keep their goroutines
@@ -110,12 +115,22 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 		}
 		s.listeners = append(s.listeners, l)
 	}
+	s.upstreams = append([]string{cfg.Upstream.Address}, cfg.Upstream.Fallbacks...)
 	if cfg.Upstream.TLS != nil {
 		tc, err := upstreamTLS(cfg.Upstream.TLS)
 		if err != nil {
 			return nil, fmt.Errorf("upstream: %w", err)
 		}
 		s.upstream = tc
+		for _, a := range s.upstreams {
+			c := tc
+			if cfg.Upstream.TLS.ServerName == "" {
+				// Each broker is verified under its own host name.
+				c = tc.Clone()
+				c.ServerName, _, _ = net.SplitHostPort(a)
+			}
+			s.upstreamTLS = append(s.upstreamTLS, c)
+		}
 	}
 	s.m = newMetrics(s)
 	for _, l := range s.listeners {

@@ -295,9 +295,6 @@ func (s *session) establish() error {
 	}
 	if n := lim.MaxInflight; n > 0 {
 		s.az.inflight.max = int32(n)
-		if c.Version != codec.V5 {
-			s.az.inflight.free = make(chan struct{}, 1)
-		}
 	}
 	s.lastRead = time.Now()
 	s.info = clientInfo{id: c.ClientID, username: c.Username, keepAlive: c.KeepAlive, cleanStart: c.CleanStart}
@@ -470,12 +467,34 @@ func (s *session) upstreamConnect(c *codec.Connect, orig []byte) ([]byte, error)
 }
 
 func (s *session) dialUpstream() (conn net.Conn, err error) {
+	// The broker that answered last goes first; the others, in their
+	// configured order, when it does not.
+	addrs := s.srv.upstreams
+	first := int(s.srv.upPreferred.Load())
+	for i := range addrs {
+		n := (first + i) % len(addrs)
+		if conn, err = s.dialBroker(n); err == nil {
+			if n != first {
+				s.srv.upPreferred.Store(int32(n))
+				s.logger().Warn("upstream failover", "from", addrs[first], "to", addrs[n])
+			}
+			return conn, nil
+		}
+		if len(addrs) > 1 {
+			s.logger().Warn("upstream unavailable, trying the next", "upstream", addrs[n], "error", err)
+		}
+	}
+	return nil, err
+}
+
+// dialBroker connects to upstream n (TCP, then TLS if configured).
+func (s *session) dialBroker(n int) (conn net.Conn, err error) {
 	start := time.Now()
 	defer func() { s.srv.m.observeDial(start, err) }()
 	cfg := &s.srv.cfg.Upstream
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
-	conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Address)
+	conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", s.srv.upstreams[n])
 	if err != nil {
 		return nil, err
 	}
@@ -485,7 +504,7 @@ func (s *session) dialUpstream() (conn net.Conn, err error) {
 	if s.srv.upstream == nil {
 		return wc, nil
 	}
-	tc := tls.Client(wc, s.srv.upstream)
+	tc := tls.Client(wc, s.srv.upstreamTLS[n])
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		return nil, err

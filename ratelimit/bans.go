@@ -133,3 +133,14 @@ func (b *Bans) Lift(key string) bool {
 	b.keys.Remove(key)
 	return !r.until.IsZero() && now.Before(r.until)
 }
+
+// Configure changes the threshold, window and ban time in place: current
+// counts and bans stay (a ban ends when it was set to).
+func (b *Bans) Configure(limit int, window, ban time.Duration) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.limit, b.window, b.ban = limit, window, ban
+}

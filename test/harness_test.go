@@ -38,6 +38,7 @@ type env struct {
 	mtls   string
 	certs  string
 	pool   *x509.CertPool
+	log    *mqtttest.SyncBuffer // moat's log, JSON lines
 }
 
 func newEnv(t testing.TB, mutate func(*config.Config)) *env {
@@ -79,7 +80,8 @@ func newEnvWithBroker(t testing.TB, broker *mqtttest.Broker, mutate func(*config
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := proxy.New(cfg, testLogger(t))
+	log, logBuf := testLog(t)
+	srv, err := proxy.New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func newEnvWithBroker(t testing.TB, broker *mqtttest.Broker, mutate func(*config
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
-	return &env{t: t, broker: broker, srv: srv, cfg: cfg, certs: dir, pool: pool,
+	return &env{t: t, broker: broker, srv: srv, cfg: cfg, certs: dir, pool: pool, log: logBuf,
 		plain: srv.Addr("mqtt").String(), tls: srv.Addr("mqtts").String(), mtls: srv.Addr("mtls").String()}
 }
 
@@ -286,13 +288,19 @@ func mosquittoTool(t testing.TB, timeout time.Duration, name string, args ...str
 
 // testLogger keeps moat's log in memory and prints it if the test fails.
 func testLogger(t testing.TB) *slog.Logger {
-	var buf mqtttest.SyncBuffer
+	l, _ := testLog(t)
+	return l
+}
+
+// testLog is testLogger with its output, for tests that read the log.
+func testLog(t testing.TB) (*slog.Logger, *mqtttest.SyncBuffer) {
+	buf := &mqtttest.SyncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("moat log:\n%s", buf.String())
 		}
 	})
-	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 
 func hostPort(t testing.TB, addr string) (string, string) {
