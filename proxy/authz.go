@@ -520,7 +520,7 @@ func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, 
 			}
 		}
 	}
-	if limit := s.srv.cfg.Limits.MaxSubscriptions; limit > 0 {
+	if limit := s.srv.limits().MaxSubscriptions; limit > 0 {
 		for i, sb := range sub.Subscriptions {
 			if codes[i] != 0 {
 				continue

@@ -18,7 +18,7 @@ import (
 // that says which (0x85, 0x90); 3.x clients get return code 2 for the
 // client id and a close for the will, which their protocol cannot name.
 func (s *session) connectLimits(c *codec.Connect) bool {
-	lim := &s.srv.cfg.Limits
+	lim := s.srv.limits()
 	if n := lim.MaxClientIDLength; n > 0 && len(c.ClientID) > n {
 		s.logger().Info("client id too long", "length", len(c.ClientID), "limit", n)
 		s.sendConnack(c.Version, codec.ClientIdentifierNotValid, codec.ConnRefusedIdentifier311)
@@ -50,7 +50,7 @@ func (s *session) connectLimits(c *codec.Connect) bool {
 // topicLimit says why a topic or filter is over the configured length
 // or depth, or "".
 func (s *session) topicLimit(t string) string {
-	lim := &s.srv.cfg.Limits
+	lim := s.srv.limits()
 	if n := lim.MaxTopicLength; n > 0 && len(t) > n {
 		return "topic longer than limits.max_topic_length (" + strconv.Itoa(n) + " bytes)"
 	}
@@ -63,7 +63,7 @@ func (s *session) topicLimit(t string) string {
 // clampKeepAlive holds a keep alive of 0 (none) or above the maximum to
 // limits.max_keep_alive, so no connection may sit silent for ever.
 func (s *session) clampKeepAlive(ka uint16) uint16 {
-	limit := uint16(s.srv.cfg.Limits.MaxKeepAlive / time.Second)
+	limit := uint16(s.srv.limits().MaxKeepAlive / time.Second)
 	if ka == 0 || ka > limit {
 		return limit
 	}

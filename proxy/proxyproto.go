@@ -87,7 +87,7 @@ func trustedSource(trusted []netip.Prefix, addr net.Addr) bool {
 // not hold the accept loop.
 func (s *Server) acceptProxied(l *listener, conn net.Conn) {
 	defer s.wg.Done()
-	conn.SetReadDeadline(time.Now().Add(s.cfg.Limits.ConnectTimeout))
+	conn.SetReadDeadline(time.Now().Add(s.limits().ConnectTimeout))
 	h, err := readProxyHeader(conn)
 	if err != nil {
 		s.log.Info("PROXY protocol header refused", "listener", l.cfg.Name, "balancer", conn.RemoteAddr().String(), "error", err)

@@ -98,7 +98,7 @@ func (s *session) userPropsOver(p *codec.Properties) string {
 	if len(p.User) == 0 {
 		return ""
 	}
-	lim := &s.srv.cfg.Limits
+	lim := s.srv.limits()
 	if n := lim.MaxUserProperties; n > 0 && len(p.User) > n {
 		return strconv.Itoa(len(p.User)) + " user properties; limits.max_user_properties is " + strconv.Itoa(n)
 	}

@@ -12,7 +12,9 @@ import (
 // Reload applies a new configuration to the running server without
 // dropping a connection: the listeners' certificates, client CAs and
 // CRLs (new handshakes use them), the password file and JWT settings,
-// payload rules, and the client budgets (limits.rate, topic_rates).
+// payload rules, limits (budgets and connection limits at once; the
+// protocol limits for packets and connections from now on) and ban
+// thresholds.
 // Everything is built first; if any part fails, nothing changes and the
 // error says why. It returns the sections that differ but only take
 // effect after a restart. The policy files reload on their own.
@@ -35,7 +37,8 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 		restart = append(restart, "listeners")
 	}
 	old := s.live.Load()
-	lv := &live{}
+	lim := cfg.Limits
+	lv := &live{limits: &lim}
 	if lv.auth, err = buildAuth(cfg, s.log); err != nil {
 		return nil, err
 	}
@@ -58,6 +61,9 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 		}
 	}
 	s.live.Store(lv)
+	if !reflect.DeepEqual(cfg.Limits.Connections, old.limits.Connections) {
+		s.conns.Configure(connLimits(cfg))
+	}
 
 	cur := s.cfg
 	// Ban thresholds change in place, keeping current bans; turning a
@@ -79,7 +85,6 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 		old, new any
 	}{
 		{"upstream", cur.Upstream, cfg.Upstream},
-		{"limits", restartLimits(cur.Limits), restartLimits(cfg.Limits)},
 		{"policy", cur.Policy, cfg.Policy},
 		{"decoys", cur.Decoys, cfg.Decoys},
 		{"admin", cur.Admin, cfg.Admin},
@@ -89,7 +94,7 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 			restart = append(restart, d.name)
 		}
 	}
-	s.log.Info("configuration reloaded", "applied", "listener certificates and CAs, auth, payload rules, limits.rate and topic_rates, ban thresholds", "need_restart", restart)
+	s.log.Info("configuration reloaded", "applied", "listener certificates and CAs, auth, payload rules, limits, ban thresholds", "need_restart", restart)
 	return restart, nil
 }
 
@@ -100,10 +105,4 @@ func listenerNamed(cfg *config.Config, name string) *config.Listener {
 		}
 	}
 	return nil
-}
-
-// restartLimits is the part of limits a reload does not apply.
-func restartLimits(l config.Limits) config.Limits {
-	l.Rate, l.TopicRates = config.ClientRate{}, nil
-	return l
 }

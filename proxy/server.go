@@ -136,7 +136,7 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 	for _, l := range s.listeners {
 		l.active, l.accepted = s.m.active.WithLabelValues(l.cfg.Name), s.m.accepted.WithLabelValues(l.cfg.Name)
 	}
-	lv := &live{}
+	lv := &live{limits: &cfg.Limits}
 	if err := s.loadAuth(lv); err != nil {
 		return nil, err
 	}
@@ -193,12 +193,16 @@ func buildPayload(cfg *config.Config) (*payload.Checker, error) {
 // loadLimits sets up the connection limits and the client budgets; a
 // limit of -1 in the configuration is none.
 func (s *Server) loadLimits() {
+	s.conns = ratelimit.NewConns(connLimits(s.cfg), 100_000)
+}
+
+func connLimits(cfg *config.Config) ratelimit.ConnLimits {
 	off := func(v float64) float64 { return max(v, 0) }
-	c := s.cfg.Limits.Connections
-	s.conns = ratelimit.NewConns(ratelimit.ConnLimits{
+	c := cfg.Limits.Connections
+	return ratelimit.ConnLimits{
 		PerAddressRate: rate.Limit(off(c.PerAddressPerSecond)), PerAddressBurst: c.PerAddressBurst, PerAddress: max(c.PerAddress, 0),
 		GlobalRate: rate.Limit(off(c.PerSecond)), GlobalBurst: c.Burst, Global: max(c.Max, 0),
-	}, 100_000)
+	}
 }
 
 // buildRates makes the client budget registry and the topic budgets.
@@ -572,9 +576,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// limits are the limits in force (a reload may change them).
+func (s *Server) limits() *config.Limits { return s.live.Load().limits }
+
 // live is the part of the configuration that Reload replaces while
 // connections stay up.
 type live struct {
+	limits     *config.Limits
 	auth       *auth.Authenticator
 	payload    *payload.Checker // nil without payload rules
 	rates      *ratelimit.Clients

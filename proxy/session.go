@@ -237,7 +237,7 @@ func (s *session) finish() {
 // relays its CONNACK. On error the client has been answered where the
 // protocol allows, and serve's deferred closeAll cleans up.
 func (s *session) establish() error {
-	lim := &s.srv.cfg.Limits
+	lim := s.srv.limits()
 	if tc, ok := s.client.(*tls.Conn); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), s.lst.cfg.TLS.HandshakeTimeout)
 		err := tc.HandshakeContext(ctx)
@@ -416,7 +416,7 @@ func (s *session) establish() error {
 // when nothing needs to change, otherwise re-encoded with moat's changes.
 // c carries the assigned client id already.
 func (s *session) upstreamConnect(c *codec.Connect, orig []byte) ([]byte, error) {
-	lim := &s.srv.cfg.Limits
+	lim := s.srv.limits()
 	cred := &s.srv.cfg.Upstream.Credentials
 	fwd := *c
 	changed := s.assignedID

@@ -85,3 +85,18 @@ func (c *Conns) Open() int {
 	defer c.mu.Unlock()
 	return c.total
 }
+
+// Configure changes the limits in place: open connections stay counted;
+// per-address rate buckets start afresh at the new rate.
+func (c *Conns) Configure(l ConnLimits) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l.PerAddressRate != c.l.PerAddressRate || l.PerAddressBurst != c.l.PerAddressBurst {
+		c.rates.Purge()
+	}
+	c.global = nil
+	if l.GlobalRate > 0 {
+		c.global = rate.NewLimiter(l.GlobalRate, max(l.GlobalBurst, 1))
+	}
+	c.l = l
+}

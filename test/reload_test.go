@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -139,5 +140,33 @@ func TestReloadUnderTraffic(t *testing.T) {
 	}
 	if st := e.srv.Policy().Stats(); st.Reloads < 100 {
 		t.Fatalf("%d policy reloads", st.Reloads)
+	}
+}
+
+// Limits reload too: a lower subscription quota applies to the next
+// SUBSCRIBE, a connection limit to the next connection.
+func TestLimitsReload(t *testing.T) {
+	e := newEnv(t, nil)
+	c := paho5(t, e.plain, nil, "limits-reload", nil)
+	sub5(t, c, "a/1", 1)
+	cfg := reloaded(t, e, func(c *config.Config) {
+		c.Limits.MaxSubscriptions = 1
+		c.Limits.Connections.Max = 1
+	})
+	if restart, err := e.srv.Reload(cfg); err != nil || len(restart) != 0 {
+		t.Fatalf("reload: %v %v", err, restart)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "a/2", QoS: 1}}})
+	if sa == nil || len(sa.Reasons) != 1 || sa.Reasons[0] != 0x97 {
+		t.Fatalf("second subscription after the quota went to 1: %+v %v", sa, err)
+	}
+	if conn, err := net.Dial("tcp", e.plain); err == nil {
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+			t.Fatalf("a second connection was not closed with limits.connections.max 1: %v", err)
+		}
+		conn.Close()
 	}
 }
