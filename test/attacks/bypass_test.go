@@ -137,11 +137,13 @@ func TestBypasses(t *testing.T) {
 			c := mqtttest.DialRaw(t, tg.addr, nil)
 			c.Connect(codec.V5, "sharer", 30)
 			c.SendPacket(&codec.Subscribe{PacketID: 1, Subscriptions: []codec.Subscription{{Filter: bad}}})
-			for _, p := range c.ExpectClosed(5 * time.Second) {
+			got := c.ExpectClosed(5 * time.Second)
+			for _, p := range got {
 				if p.Type() == codec.SUBACK {
 					t.Fatalf("a malformed share name got %+v", p)
 				}
 			}
+			checkCode(t, got, false, codec.TopicFilterInvalid)
 		})
 	}
 
