@@ -39,6 +39,9 @@ type Server struct {
 	upstreams   []string
 	upstreamTLS []*tls.Config
 	upPreferred atomic.Int32
+	// dial connects to the broker; nil is a plain TCP dial. Tests put an
+	// in-memory broker here.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	svcPass     []byte // the service account's password (upstream.credentials replace)
 
 	listeners []*listener

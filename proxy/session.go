@@ -494,11 +494,17 @@ func (s *session) dialBroker(n int) (conn net.Conn, err error) {
 	cfg := &s.srv.cfg.Upstream
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
-	conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", s.srv.upstreams[n])
+	dial := (&net.Dialer{}).DialContext
+	if s.srv.dial != nil {
+		dial = s.srv.dial
+	}
+	conn, err = dial(ctx, "tcp", s.srv.upstreams[n])
 	if err != nil {
 		return nil, err
 	}
-	conn.(*net.TCPConn).SetNoDelay(true)
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
 	wc := newWaitConn(conn, s.srv.upstream != nil)
 	s.uwc, _ = wc.(*waitConn)
 	if s.srv.upstream == nil {
