@@ -64,7 +64,7 @@ func FuzzSession(f *testing.F) {
 }
 
 type fuzzHarness struct {
-	srv *Server
+	srv     *Server
 	mu      sync.Mutex
 	bad     string         // an invariant broken on the broker side, for the current input
 	brokers sync.WaitGroup // fake broker connections still running

@@ -41,8 +41,8 @@ type Server struct {
 	upPreferred atomic.Int32
 	// dial connects to the broker; nil is a plain TCP dial. Tests put an
 	// in-memory broker here.
-	dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	svcPass     []byte // the service account's password (upstream.credentials replace)
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	svcPass []byte // the service account's password (upstream.credentials replace)
 
 	listeners []*listener
 	parker    *parker // nil: idle pumps keep their goroutines
