@@ -810,7 +810,8 @@ func (c *Config) Validate() error {
 		switch r.MaxQoSAction {
 		case "":
 			r.MaxQoSAction = "refuse"
-		case "refuse", "cap":
+		case "refuse":
+		case "cap":
 			if r.MaxQoS == nil {
 				bad(f+".max_qos_action", "needs max_qos")
 			}

@@ -182,3 +182,23 @@ func TestByteSize(t *testing.T) {
 		}
 	}
 }
+
+// Validate fills defaults; validating the result again must change
+// nothing and find nothing (a reload validates a copy of a validated
+// configuration).
+func TestValidateTwice(t *testing.T) {
+	inDirWithCerts(t)
+	cfg, err := Parse([]byte(`listeners: [{name: a, address: "127.0.0.1:1"}]
+upstream: {address: "127.0.0.1:2", fallbacks: ["[::1]:3"]}
+auth: {anonymous: true}
+policy: {mode: allow_all}
+payload: {rules: [{topics: [a/#], max_qos: 1, max_qos_action: cap}, {topics: [b/#], utf8: true}]}
+limits: {topic_rates: [{topics: [t/+], publish_per_second: 1}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("second validation: %v", err)
+	}
+}

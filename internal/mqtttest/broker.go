@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -22,6 +23,8 @@ type Broker struct {
 	cmd  *exec.Cmd
 	log  *SyncBuffer
 	done chan struct{}
+	bin  string
+	conf string
 }
 
 // Binary returns the mosquitto executable or fails the test with how to
@@ -94,30 +97,9 @@ connection_messages true
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	b := &Broker{Addr: addr, log: &SyncBuffer{}, done: make(chan struct{})}
-	b.cmd = exec.Command(bin, "-c", path)
-	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
-	if err := b.cmd.Start(); err != nil {
+	b := &Broker{Addr: addr, log: &SyncBuffer{}, bin: bin, conf: path}
+	if err := b.run(); err != nil {
 		return nil, err
-	}
-	go func() { b.cmd.Wait(); close(b.done) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case <-b.done:
-			return nil, fmt.Errorf("mosquitto exited: %s", b.log.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			b.Stop()
-			return nil, fmt.Errorf("mosquitto did not listen on %s: %s", addr, b.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	t.Cleanup(func() {
 		b.Stop()
@@ -126,6 +108,57 @@ connection_messages true
 		}
 	})
 	return b, nil
+}
+
+// run starts the process and waits until it listens.
+func (b *Broker) run() error {
+	b.done = make(chan struct{})
+	b.cmd = exec.Command(b.bin, "-c", b.conf)
+	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
+	if err := b.cmd.Start(); err != nil {
+		return err
+	}
+	done := b.done
+	cmd := b.cmd
+	go func() { cmd.Wait(); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", b.Addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("mosquitto exited: %s", b.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			b.Stop()
+			return fmt.Errorf("mosquitto did not listen on %s: %s", b.Addr, b.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Restart stops the broker as a service stop would (SIGTERM: it saves
+// its persistence file, if configured) and starts it again on the same
+// port with the same configuration.
+func (b *Broker) Restart() error {
+	if b.cmd.Process != nil {
+		b.cmd.Process.Signal(os.Interrupt)
+	}
+	<-b.done
+	for attempt := 0; ; attempt++ {
+		err := b.run()
+		if err == nil {
+			return nil
+		}
+		if attempt == 20 {
+			return fmt.Errorf("restarting mosquitto: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond) // the port may still be held
+	}
 }
 
 // Stop kills the broker (as a crash would) and waits for it to exit.
@@ -156,3 +189,10 @@ func (s *SyncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Pause stops the broker process (SIGSTOP): it holds its connections and
+// reads nothing, as a stalled broker would. Resume continues it.
+func (b *Broker) Pause() error { return b.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume continues a paused broker.
+func (b *Broker) Resume() error { return b.cmd.Process.Signal(syscall.SIGCONT) }
