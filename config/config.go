@@ -544,7 +544,7 @@ const (
 // Policy defaults.
 const (
 	DefaultPolicyWatch = 2 * time.Second
-	DefaultEvalTimeout = 100 * time.Millisecond
+	DefaultEvalTimeout = time.Second
 	DefaultCacheSize   = 100_000
 	DefaultCacheTTL    = time.Minute
 	// DefaultDecisionLogRate bounds decision-log lines per second.

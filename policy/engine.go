@@ -41,7 +41,7 @@ const (
 	payloadQuery   = "data.moat.payload.deny"
 	defaultTTL     = time.Minute
 	defaultSize    = 100_000
-	defaultEvalT   = 100 * time.Millisecond
+	defaultEvalT   = time.Second
 )
 
 // Mode says what a denial does.

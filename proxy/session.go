@@ -428,12 +428,10 @@ func (s *session) upstreamConnect(c *codec.Connect, orig []byte) ([]byte, error)
 		fwd.Properties.MaximumPacketSize = uint32(lim.MaxPacketSize)
 		changed = true
 	}
-	if n := lim.MaxInflight; c.Version == codec.V5 && n > 0 && (!c.Properties.Has(codec.PropReceiveMaximum) || int(c.Properties.ReceiveMaximum) > n) {
-		// The broker may have no more than this in flight to the client.
-		fwd.Properties.Set(codec.PropReceiveMaximum)
-		fwd.Properties.ReceiveMaximum = uint16(n)
-		changed = true
-	}
+	// Toward the client the client's own Receive Maximum applies, as it
+	// sent it: lowering it would make Mosquitto 2.0 reorder deliveries to
+	// a subscriber that sits at the limit (seen in the soak test), which
+	// the broker would otherwise deliver in order.
 	if c.Version == codec.V5 && s.srv.policy != nil && c.Properties.Has(codec.PropTopicAliasMaximum) && c.Properties.TopicAliasMaximum > 0 {
 		// Deliveries must name their topic: a delivery moat drops could
 		// otherwise set an alias the client never learns.

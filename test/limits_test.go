@@ -323,9 +323,16 @@ func TestConnectionQuotas(t *testing.T) {
 		c.SendPacket(&codec.Publish{Topic: []byte("f/x"), QoS: 2, PacketID: 3, Payload: []byte("m")})
 		c.ExpectDisconnect(codec.ReceiveMaximumExceeded, 5*time.Second)
 	})
-	t.Run("receive maximum to the broker", func(t *testing.T) {
+	t.Run("the client's receive maximum reaches the broker", func(t *testing.T) {
 		c := mqtttest.DialRaw(t, e.plain, nil)
-		c.Connect(codec.V5, "rm5", 30)
+		c.V = codec.V5
+		con := &codec.Connect{Version: codec.V5, ClientID: "rm5", CleanStart: true, KeepAlive: 30}
+		con.Properties.Set(codec.PropReceiveMaximum)
+		con.Properties.ReceiveMaximum = 2
+		c.SendPacket(con)
+		if a, ok := c.Expect(5 * time.Second).(*codec.Connack); !ok || a.ReasonCode != 0 {
+			t.Fatalf("CONNACK %+v", a)
+		}
 		if got := suback(c, 1, "h/#"); !bytes.Equal(got, []byte{1}) {
 			t.Fatalf("SUBACK %x", got)
 		}
@@ -350,6 +357,21 @@ func TestConnectionQuotas(t *testing.T) {
 		c.SendPacket(&codec.Ack{PacketType: codec.PUBACK, PacketID: ids[0]})
 		if _, ok := c.Expect(5 * time.Second).(*codec.Publish); !ok {
 			t.Fatal("no delivery after an ack freed a slot")
+		}
+		// A client that names no Receive Maximum is not held to
+		// max_inflight (2 here) by moat.
+		free := mqtttest.DialRaw(t, e.plain, nil)
+		free.Connect(codec.V5, "rm-none", 30)
+		if got := suback(free, 1, "h2/#"); !bytes.Equal(got, []byte{1}) {
+			t.Fatalf("SUBACK %x", got)
+		}
+		for i := 0; i < 4; i++ {
+			pub5(t, pub, "h2/x", strconv.Itoa(i), 1, false)
+		}
+		for i := 0; i < 4; i++ {
+			if _, ok := free.Expect(5 * time.Second).(*codec.Publish); !ok {
+				t.Fatalf("delivery %d held back", i)
+			}
 		}
 	})
 	t.Run("user properties", func(t *testing.T) {
