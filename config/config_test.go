@@ -44,7 +44,7 @@ func TestExampleConfig(t *testing.T) {
 	}
 	p := cfg.Policy
 	if p.Mode != ModeEnforce || p.Cache.Size != DefaultCacheSize || p.Cache.TTL != time.Minute || p.WatchInterval.D != 2*time.Second ||
-		p.OnPublishDeny != "ack" || p.DecisionLog.File != "stderr" || p.EvalTimeout != 100*time.Millisecond {
+		p.OnPublishDeny != "ack" || p.DecisionLog.File != "stderr" || p.EvalTimeout != DefaultEvalTimeout {
 		t.Fatalf("policy defaults: %+v", p)
 	}
 }
