@@ -505,13 +505,9 @@ func (p clientToBroker) subscribe(f codec.Frame, sub *codec.Subscribe) ([]byte, 
 	refused, reason := 0, ""
 	for i, sb := range sub.Subscriptions {
 		if s.srv.policy == nil {
-			break
+			break // no policy: only the quota below
 		}
-		r := &policy.Request{Action: policy.Subscribe, Topic: sb.Filter, QoS: sb.QoS}
-		if group, inner, ok := codec.SplitShared(sb.Filter); ok {
-			r.Topic, r.Shared, r.ShareGroup = inner, true, group
-		}
-		if d := s.srv.policy.Decide(az.subj, r); !d.Allow {
+		if d := s.srv.policy.Decide(az.subj, filterRequest(policy.Subscribe, sb.Filter, sb.QoS)); !d.Allow {
 			codes[i], reason = s.failCode(codec.NotAuthorized), d.Reason
 			refused++
 			s.srv.m.refused(codec.NotAuthorized)
@@ -570,11 +566,7 @@ func (p clientToBroker) unsubscribe(f codec.Frame, uns *codec.Unsubscribe) ([]by
 		if s.srv.policy == nil {
 			break
 		}
-		r := &policy.Request{Action: policy.Unsubscribe, Topic: filter}
-		if group, inner, ok := codec.SplitShared(filter); ok {
-			r.Topic, r.Shared, r.ShareGroup = inner, true, group
-		}
-		if !s.srv.policy.Decide(az.subj, r).Allow {
+		if !s.srv.policy.Decide(az.subj, filterRequest(policy.Unsubscribe, filter, 0)).Allow {
 			codes[i] = byte(codec.NotAuthorized)
 			refused++
 		}
@@ -608,6 +600,16 @@ func (p clientToBroker) unsubscribe(f codec.Frame, uns *codec.Unsubscribe) ([]by
 		return b, p.encoded(err)
 	}
 	return p.forwardPart(&fwd, uns.PacketID, codec.UNSUBACK, codes)
+}
+
+// filterRequest is the policy question about one filter: a $share
+// filter is asked about by its inner filter, with the group.
+func filterRequest(a policy.Action, filter string, qos byte) *policy.Request {
+	r := &policy.Request{Action: a, Topic: filter, QoS: qos}
+	if group, inner, ok := codec.SplitShared(filter); ok {
+		r.Topic, r.Shared, r.ShareGroup = inner, true, group
+	}
+	return r
 }
 
 // forwardPart forwards the permitted part of a SUBSCRIBE or UNSUBSCRIBE

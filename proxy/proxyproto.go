@@ -106,15 +106,7 @@ func (s *Server) acceptProxied(l *listener, conn net.Conn) {
 	if !s.admit(l, conn, addr) {
 		return
 	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
+	if sess := s.sessionFor(l, conn, addr, src); sess != nil {
+		sess.serve()
 	}
-	sess := newSession(s, l, conn)
-	sess.addr, sess.peer = addr, src
-	if !s.track(sess) {
-		s.conns.Release(addr)
-		conn.Close()
-		return
-	}
-	sess.serve()
 }

@@ -440,18 +440,30 @@ func (s *Server) acceptLoop(l *listener) {
 		if !s.admit(l, conn, addr) {
 			continue
 		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
-		}
-		sess := newSession(s, l, conn)
-		sess.addr = addr
-		if !s.track(sess) {
-			s.conns.Release(addr)
-			conn.Close()
-			return
+		sess := s.sessionFor(l, conn, addr, nil)
+		if sess == nil {
+			return // shutting down
 		}
 		go sess.serve()
 	}
+}
+
+// sessionFor makes and tracks the session of an admitted connection from
+// addr (peer: the client's address from a PROXY header, or nil). It
+// returns nil, having released the admission and closed the connection,
+// when the server is shutting down.
+func (s *Server) sessionFor(l *listener, conn net.Conn, addr string, peer net.Addr) *session {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	sess := newSession(s, l, conn)
+	sess.addr, sess.peer = addr, peer
+	if !s.track(sess) {
+		s.conns.Release(addr)
+		conn.Close()
+		return nil
+	}
+	return sess
 }
 
 // admit applies bans and connection limits to a new connection, before
