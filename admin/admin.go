@@ -197,7 +197,7 @@ func (a *Server) policy(w http.ResponseWriter, _ *http.Request) {
 	}
 	st := eng.Stats()
 	writeJSON(w, map[string]any{"mode": eng.Mode().String(), "revision": st.Revision, "cache_hit_ratio": st.HitRatio(),
-		"denials": st.Denials, "shadow_denials": st.ShadowDenials, "errors": st.Errors, "reloads": st.Reloads, "reload_failures": st.ReloadErrors})
+		"specialised": st.Specialised, "denials": st.Denials, "shadow_denials": st.ShadowDenials, "errors": st.Errors, "reloads": st.Reloads, "reload_failures": st.ReloadErrors})
 }
 
 // logLevel reports the log level (GET) or sets it (PUT, body debug, info,

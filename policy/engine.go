@@ -93,6 +93,7 @@ type Engine struct {
 	mu   sync.Mutex // serialises reloads
 
 	hits, misses, denials, shadowDenials, errs atomic.Uint64
+	specialised                                atomic.Uint64
 	reloads, reloadFailures                    atomic.Uint64
 	decisions                                  [numActions][numResults]atomic.Uint64
 }
@@ -131,6 +132,8 @@ type revision struct {
 	inspect       rego.PreparedEvalQuery // publish: does the payload go to moat.payload?
 	payload       rego.PreparedEvalQuery
 	hasInspect    bool
+	partial       rego.PreparedPartialQuery // allow, for residuals
+	residuals     bool                      // allow can be specialised (residualSafe)
 	cache         *lru.Cache[cacheKey, cached]
 	stamp         string // file names, sizes and times, for the watcher
 }
@@ -275,6 +278,14 @@ func (e *Engine) compile() (*revision, error) {
 	}
 	if e.opts.CacheSize > 0 {
 		rev.cache, _ = lru.New[cacheKey, cached](e.opts.CacheSize)
+		// With the cache off every decision is evaluated in full, as
+		// asked; residuals are a cache too.
+		if rev.residuals = residualSafe(compiler); rev.residuals {
+			opts := append([]func(*rego.Rego){rego.Query(residualQuery), rego.Compiler(compiler), rego.Store(store), rego.StrictBuiltinErrors(true)}, Builtins()...)
+			if rev.partial, err = rego.New(opts...).PrepareForPartial(context.Background()); err != nil {
+				rev.residuals = false
+			}
+		}
 	}
 	return rev, nil
 }
@@ -377,6 +388,17 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 		}
 	}
 	e.misses.Add(1)
+	if cache != nil && rev.residuals {
+		start := time.Now()
+		if rs := e.residualFor(rev, s, r.Action); rs != nil && rs.ok && rs.allows(r) &&
+			(r.Action != Publish || (!rev.hasInspect && !strings.HasPrefix(r.Topic, "$"))) {
+			e.specialised.Add(1)
+			if e.opts.OnEval != nil {
+				e.opts.OnEval(r.Action, time.Since(start))
+			}
+			return e.enforce(s, r, rev, Decision{Allow: true}, nil)
+		}
+	}
 	// The request's strings may alias a packet buffer: copy before they
 	// reach the input document or the cache.
 	rc := *r
@@ -517,6 +539,7 @@ type Stats struct {
 	Revision      string
 	CacheHits     uint64
 	CacheMisses   uint64 // evaluations: misses, and connect/will decisions, which are not cached
+	Specialised   uint64 // misses allowed by a connection's specialised rules (residual.go)
 	Denials       uint64
 	ShadowDenials uint64
 	Errors        uint64
@@ -534,7 +557,7 @@ func (s Stats) HitRatio() float64 {
 
 // Stats returns the counters.
 func (e *Engine) Stats() Stats {
-	return Stats{Revision: e.Revision(), CacheHits: e.hits.Load(), CacheMisses: e.misses.Load(),
+	return Stats{Revision: e.Revision(), CacheHits: e.hits.Load(), CacheMisses: e.misses.Load(), Specialised: e.specialised.Load(),
 		Denials: e.denials.Load(), ShadowDenials: e.shadowDenials.Load(), Errors: e.errs.Load(),
 		Reloads: e.reloads.Load(), ReloadErrors: e.reloadFailures.Load()}
 }

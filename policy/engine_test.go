@@ -73,14 +73,19 @@ func TestPlantDecisions(t *testing.T) {
 	}
 	// The same requests again come from the cache, with the same answers;
 	// connect and will decisions, made once per connection, are not cached.
+	// The dashboard's fourth subscribe miss specialised its rules
+	// (residual.go): that one is answered by them, not the cache.
 	for _, c := range cases {
 		r := c.r
 		once := r.Action == Connect || r.Will
-		if d := e.Decide(c.s, &r); d.Allow != c.want || d.Cached == once {
+		before := e.Stats().Specialised
+		d := e.Decide(c.s, &r)
+		fromResidual := e.Stats().Specialised > before
+		if d.Allow != c.want || d.Cached == (once || fromResidual) {
 			t.Errorf("second %s %s %q: %+v", c.s.Client.ID, r.Action, r.Topic, d)
 		}
 	}
-	if st := e.Stats(); st.CacheHits != uint64(len(cases)-2) || st.CacheMisses != uint64(len(cases)+2) || st.Denials != 10 {
+	if st := e.Stats(); st.CacheHits != uint64(len(cases)-3) || st.Specialised != 2 || st.CacheMisses != uint64(len(cases)+3) || st.Denials != 10 {
 		t.Errorf("stats %+v", st)
 	}
 	d := e.Decide(dash, &Request{Action: Publish, Topic: "commands/x"})

@@ -139,10 +139,15 @@ type Subject struct {
 	Client Client
 	serial uint64 // the cache key's client part: unique per Subject
 	term   atomic.Pointer[ast.Term]
+	fast   atomic.Pointer[fastSet]
 }
 
-// Release drops the client document until the next cache miss.
-func (s *Subject) Release() { s.term.Store(nil) }
+// Release drops the client document and the specialised rules until the
+// next cache miss.
+func (s *Subject) Release() {
+	s.term.Store(nil)
+	s.fast.Store(nil)
+}
 
 // client returns the client document, building it if needed.
 func (s *Subject) client() *ast.Term {

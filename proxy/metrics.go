@@ -99,6 +99,7 @@ func (m *metrics) watchPolicy(s *Server) {
 	}
 	stat("moat_policy_cache_hits_total", "Decisions answered from the cache.", func(st policy.Stats) uint64 { return st.CacheHits })
 	stat("moat_policy_cache_misses_total", "Decisions evaluated (misses, connect and will decisions).", func(st policy.Stats) uint64 { return st.CacheMisses })
+	stat("moat_policy_specialised_total", "Cache misses allowed by the connection's specialised rules instead of a full evaluation (counted in the misses too).", func(st policy.Stats) uint64 { return st.Specialised })
 	stat("moat_policy_errors_total", "Evaluations that failed (each a denial).", func(st policy.Stats) uint64 { return st.Errors })
 	stat("moat_policy_reloads_total", "Policy reloads that took effect.", func(st policy.Stats) uint64 { return st.Reloads })
 	stat("moat_policy_reload_failures_total", "Policy reloads refused (the previous policy stayed).", func(st policy.Stats) uint64 { return st.ReloadErrors })

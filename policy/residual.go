@@ -1,0 +1,461 @@
+package policy
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+
+	"github.com/moat-mqtt/moat/codec"
+)
+
+// A connection that keeps asking about topics the decision cache has not
+// seen (a sensor that puts a timestamp or a sequence number in its topic, a
+// dashboard receiving from thousands of devices) would pay a full
+// evaluation per message. For such a connection the engine partially
+// evaluates the allow rule once per action, with everything known except
+// the message itself. What remains for the plant policy is one or two
+// checks such as "the topic matches sensors/sensor-7/#", which moat runs
+// natively in well under a microsecond.
+//
+// Only "allow" answers come from a residual, and only when every check in
+// it is one this file evaluates exactly; anything else, and every denial
+// (it needs the policy's reason), goes to the full evaluation. A residual
+// lives as long as a cached decision (cache TTL), so rules that read the
+// clock are not frozen any longer than the cache freezes them.
+
+// residualAfter is how many misses for one action a connection has before
+// the rules are specialised for it: partial evaluation costs about twenty
+// full evaluations, and most connections ask about a few topics only.
+const residualAfter = 4
+
+// unknowns are the parts of the input that change per message.
+var unknowns = []*ast.Term{
+	ast.MustParseTerm("input.topic"), ast.MustParseTerm("input.topic_levels"), ast.MustParseTerm("input.qos"),
+	ast.MustParseTerm("input.retain"), ast.MustParseTerm("input.share_group"), ast.MustParseTerm("input.properties"),
+}
+
+// residualQuery is the query partially evaluated; it equals allowQuery
+// when residualSafe holds for the policy.
+const residualQuery = "data.moat.authz.allow == true"
+
+// fastSet is a connection's residuals, one per action.
+type fastSet struct {
+	misses [numActions]atomic.Uint32
+	res    [numActions]atomic.Pointer[residual]
+}
+
+// residual is the allow rule specialised for one connection and action:
+// allowed if any body holds; a body holds if all its checks do.
+type residual struct {
+	rev     *revision
+	expires int64 // unix nanoseconds
+	ok      bool  // false: the residual needs something checks cannot do
+	bodies  [][]check
+}
+
+// residualSafe reports whether every rule defining allow has the value true
+// (or is the default false), so "allow == true" decides exactly what the
+// full query does: no conflicts, no non-boolean values, no else chains.
+func residualSafe(c *ast.Compiler) bool {
+	want := ast.MustParseRef("data.moat.authz.allow")
+	rules := c.GetRules(want)
+	if len(rules) == 0 {
+		return false
+	}
+	for _, r := range rules {
+		if r.Module == nil || !r.Ref().Equal(want) {
+			return false
+		}
+		if len(r.Head.Args) > 0 || r.Else != nil || r.Head.Value == nil {
+			return false
+		}
+		want := ast.Boolean(!r.Default)
+		if b, ok := r.Head.Value.Value.(ast.Boolean); !ok || b != want {
+			return false
+		}
+	}
+	return true
+}
+
+// residualFor returns the connection's residual for action a, building it
+// once the connection has missed the cache often enough; nil if there is
+// none (yet).
+func (e *Engine) residualFor(rev *revision, s *Subject, a Action) *residual {
+	fs := s.fast.Load()
+	if fs == nil {
+		fs = &fastSet{}
+		if !s.fast.CompareAndSwap(nil, fs) {
+			if fs = s.fast.Load(); fs == nil {
+				return nil
+			}
+		}
+	}
+	now := time.Now().UnixNano()
+	if rs := fs.res[a].Load(); rs != nil && rs.rev == rev && now < rs.expires {
+		return rs
+	}
+	if fs.misses[a].Add(1) < residualAfter {
+		return nil
+	}
+	fs.misses[a].Store(0)
+	rs := e.specialise(rev, s, a)
+	rs.expires = now + int64(e.opts.CacheTTL)
+	fs.res[a].Store(rs)
+	return rs
+}
+
+// specialise partially evaluates the allow rule for s and a.
+func (e *Engine) specialise(rev *revision, s *Subject, a Action) *residual {
+	rs := &residual{rev: rev}
+	known := ast.NewObject(
+		[2]*ast.Term{kVersion, vVersion},
+		[2]*ast.Term{kAction, vActions[a]},
+		[2]*ast.Term{kClient, s.client()},
+		[2]*ast.Term{kWill, ast.BooleanTerm(false)},
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.EvalTimeout)
+	defer cancel()
+	pq, err := rev.partial.Partial(ctx, rego.EvalParsedInput(known), rego.EvalParsedUnknowns(unknowns))
+	if err != nil || len(pq.Support) > 0 {
+		return rs
+	}
+	for _, q := range pq.Queries {
+		b, ok := compileBody(q)
+		if !ok {
+			return rs
+		}
+		rs.bodies = append(rs.bodies, b)
+	}
+	rs.ok = true
+	return rs
+}
+
+// allows reports whether the residual allows r. False means "ask the full
+// evaluation", not necessarily a denial.
+func (rs *residual) allows(r *Request) bool {
+	for _, body := range rs.bodies {
+		if holds(body, r) {
+			return true
+		}
+	}
+	return false
+}
+
+func holds(body []check, r *Request) bool {
+	for i := range body {
+		if !body[i].holds(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// field is a per-message part of the input.
+type field uint8
+
+const (
+	fConst         field = iota
+	fTopic               // input.topic
+	fLevel               // input.topic_levels[n]
+	fQoS                 // input.qos
+	fRetain              // input.retain
+	fGroup               // input.share_group
+	fContentType         // input.properties.content_type
+	fResponseTopic       // input.properties.response_topic
+)
+
+// kind is a value's JSON type, as far as the input's fields go.
+type kind uint8
+
+const (
+	kUndefined kind = iota
+	kNull
+	kBool
+	kNum
+	kStr
+)
+
+type value struct {
+	kind kind
+	s    string
+	n    int64 // numbers; booleans as 0 or 1
+}
+
+// operand is a constant or a field of the input.
+type operand struct {
+	field field
+	level int
+	c     value
+}
+
+// get returns the operand's value for r, as input() would build it.
+func (o *operand) get(r *Request) value {
+	switch o.field {
+	case fTopic:
+		return value{kind: kStr, s: r.Topic}
+	case fLevel:
+		if l, ok := topicLevel(r.Topic, o.level); ok {
+			return value{kind: kStr, s: l}
+		}
+	case fQoS:
+		return value{kind: kNum, n: int64((r.QoS & 3) % 3)}
+	case fRetain:
+		return boolValue(r.Retain)
+	case fGroup:
+		if r.Shared {
+			return value{kind: kStr, s: r.ShareGroup}
+		}
+		return value{kind: kNull}
+	case fContentType:
+		if r.Props != nil {
+			return value{kind: kStr, s: r.Props.ContentType}
+		}
+	case fResponseTopic:
+		if r.Props != nil {
+			return value{kind: kStr, s: r.Props.ResponseTopic}
+		}
+	default:
+		return o.c
+	}
+	return value{}
+}
+
+// stringField reports whether the operand is a string whenever it is
+// defined, so string built-ins on it cannot fail.
+func (o *operand) stringField() bool {
+	switch o.field {
+	case fTopic, fLevel, fContentType, fResponseTopic:
+		return true
+	}
+	return false
+}
+
+func boolValue(b bool) value {
+	if b {
+		return value{kind: kBool, n: 1}
+	}
+	return value{kind: kBool}
+}
+
+// topicLevel is level n of topic (split at '/'), if there is one.
+func topicLevel(topic string, n int) (string, bool) {
+	for ; n > 0; n-- {
+		i := strings.IndexByte(topic, '/')
+		if i < 0 {
+			return "", false
+		}
+		topic = topic[i+1:]
+	}
+	if i := strings.IndexByte(topic, '/'); i >= 0 {
+		topic = topic[:i]
+	}
+	return topic, true
+}
+
+// op is what a check does.
+type op uint8
+
+const (
+	opEqual    op = iota // a == b (also a = b: both sides are ground)
+	opNotEqual           // a != b
+	opTruthy             // a is defined and not false
+	opFalse              // never holds
+	opMatches            // codec.TopicMatches(s, a)
+	opCovers             // codec.FilterCovers(s, a)
+	opPrefix             // startswith(a, s)
+	opSuffix             // endswith(a, s)
+	opContains           // contains(a, s)
+)
+
+type check struct {
+	op   op
+	a, b operand
+	s    string
+}
+
+func (c *check) holds(r *Request) bool {
+	a := c.a.get(r)
+	if a.kind == kUndefined {
+		return false // an undefined operand makes the expression undefined
+	}
+	switch c.op {
+	case opEqual, opNotEqual:
+		b := c.b.get(r)
+		if b.kind == kUndefined {
+			return false
+		}
+		return (a == b) == (c.op == opEqual)
+	case opTruthy:
+		return !(a.kind == kBool && a.n == 0)
+	case opMatches:
+		return codec.TopicMatches(c.s, a.s)
+	case opCovers:
+		return codec.FilterCovers(c.s, a.s)
+	case opPrefix:
+		return strings.HasPrefix(a.s, c.s)
+	case opSuffix:
+		return strings.HasSuffix(a.s, c.s)
+	case opContains:
+		return strings.Contains(a.s, c.s)
+	}
+	return false
+}
+
+// compileBody turns one residual query into checks; ok is false if any
+// expression is not one checks evaluate exactly.
+func compileBody(body ast.Body) ([]check, bool) {
+	out := make([]check, 0, len(body))
+	for _, ex := range body {
+		c, ok := compileExpr(ex)
+		if !ok {
+			return nil, false
+		}
+		out = append(out, c)
+	}
+	return out, true
+}
+
+func compileExpr(ex *ast.Expr) (check, bool) {
+	if ex.Negated || len(ex.With) > 0 {
+		return check{}, false
+	}
+	switch t := ex.Terms.(type) {
+	case *ast.Term:
+		a, ok := compileOperand(t)
+		if !ok {
+			return check{}, false
+		}
+		return check{op: opTruthy, a: a}, true
+	case []*ast.Term:
+		if len(t) == 0 {
+			return check{}, false
+		}
+		args := t[1:]
+		switch name := t[0].String(); name {
+		case "eq", "equal", "neq":
+			if len(args) != 2 {
+				return check{}, false
+			}
+			a, ok1 := compileOperand(args[0])
+			b, ok2 := compileOperand(args[1])
+			if !ok1 || !ok2 {
+				return check{}, false
+			}
+			o := opEqual
+			if name == "neq" {
+				o = opNotEqual
+			}
+			return check{op: o, a: a, b: b}, true
+		case "moat.topic_matches", "moat.filter_covers", "startswith", "endswith", "contains":
+			return compileStringCall(name, args)
+		case "moat.topic_matches_with", "moat.filter_covers_with":
+			if len(args) != 3 {
+				return check{}, false
+			}
+			a, ok := compileOperand(args[2])
+			if !ok || !a.stringField() {
+				return check{}, false
+			}
+			filter, fine, _, err := expandArgs(name, args[0], args[1], ast.StringTerm(""))
+			if err != nil {
+				return check{}, false // the full evaluation reports the error
+			}
+			if !fine {
+				return check{op: opFalse, a: a}, true
+			}
+			o := opMatches
+			if name == "moat.filter_covers_with" {
+				o = opCovers
+			}
+			return check{op: o, a: a, s: filter}, true
+		}
+	}
+	return check{}, false
+}
+
+// compileStringCall handles f(constant, field) for the moat matchers and
+// f(field, constant) for the string built-ins.
+func compileStringCall(name string, args []*ast.Term) (check, bool) {
+	if len(args) != 2 {
+		return check{}, false
+	}
+	ci, fi := 1, 0
+	o := map[string]op{"startswith": opPrefix, "endswith": opSuffix, "contains": opContains, "moat.topic_matches": opMatches, "moat.filter_covers": opCovers}[name]
+	if o == opMatches || o == opCovers {
+		ci, fi = 0, 1
+	}
+	s, ok := args[ci].Value.(ast.String)
+	if !ok {
+		return check{}, false
+	}
+	a, ok := compileOperand(args[fi])
+	if !ok || !a.stringField() {
+		return check{}, false
+	}
+	if (o == opMatches || o == opCovers) && codec.ValidFilter(string(s)) != nil {
+		return check{}, false
+	}
+	return check{op: o, a: a, s: string(s)}, true
+}
+
+// compileOperand accepts scalar constants and the per-message input fields.
+func compileOperand(t *ast.Term) (operand, bool) {
+	switch v := t.Value.(type) {
+	case ast.String:
+		return operand{c: value{kind: kStr, s: string(v)}}, true
+	case ast.Boolean:
+		return operand{c: boolValue(bool(v))}, true
+	case ast.Null:
+		return operand{c: value{kind: kNull}}, true
+	case ast.Number:
+		n, ok := v.Int() // the input holds integers only; leave the rest to OPA
+		if !ok {
+			return operand{}, false
+		}
+		return operand{c: value{kind: kNum, n: int64(n)}}, true
+	case ast.Ref:
+		return compileRef(v)
+	}
+	return operand{}, false
+}
+
+func compileRef(r ast.Ref) (operand, bool) {
+	if len(r) < 2 || !r[0].Equal(ast.InputRootDocument) {
+		return operand{}, false
+	}
+	key, ok := r[1].Value.(ast.String)
+	if !ok {
+		return operand{}, false
+	}
+	if len(r) == 2 {
+		f := map[ast.String]field{"topic": fTopic, "qos": fQoS, "retain": fRetain, "share_group": fGroup}[key]
+		return operand{field: f}, f != fConst
+	}
+	if len(r) != 3 {
+		return operand{}, false
+	}
+	switch key {
+	case "topic_levels":
+		n, ok := r[2].Value.(ast.Number)
+		if !ok {
+			return operand{}, false
+		}
+		i, ok := n.Int()
+		if !ok || i < 0 {
+			return operand{}, false
+		}
+		return operand{field: fLevel, level: i}, true
+	case "properties":
+		switch r[2].Value {
+		case ast.String("content_type"):
+			return operand{field: fContentType}, true
+		case ast.String("response_topic"):
+			return operand{field: fResponseTopic}, true
+		}
+	}
+	return operand{}, false
+}
