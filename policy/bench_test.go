@@ -54,3 +54,19 @@ func BenchmarkDecide(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkDecideFreshGoroutine is a miss on a new goroutine, as a
+// connection's first decision is: its stack starts small.
+func BenchmarkDecideFreshGoroutine(b *testing.B) {
+	s := certSubject("sensor-7")
+	e := plant(b, Options{CacheSize: -1})
+	r := Request{Action: Publish, Topic: "sensors/sensor-7/temp", QoS: 1}
+	done := make(chan bool)
+	b.ReportAllocs()
+	for b.Loop() {
+		go func() { done <- e.Decide(s, &r).Allow }()
+		if !<-done {
+			b.Fatal("denied")
+		}
+	}
+}

@@ -472,6 +472,7 @@ func (e *Engine) EvalInput(doc any) (Decision, error) {
 }
 
 func (e *Engine) evaluate(rev *revision, in ast.Value, action Action, topic string) (Decision, error) {
+	growStack(false)
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.EvalTimeout)
 	defer cancel()
 	allow, defined, err := evalBool(ctx, rev.allow, in)
@@ -628,3 +629,23 @@ func policyFile(path string) bool {
 // path. Decide copies request strings before keeping them or handing them
 // to the policy, so a view never outlives the buffer it points into.
 func View(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// growStack makes the calling goroutine's stack big enough for an
+// evaluation in one step. OPA's evaluator recurses deeply; on a new
+// goroutine, whose stack starts at a few KiB, the stack would double again
+// and again during the evaluation, each time copying everything on it,
+// which costs as much as the evaluation itself (BenchmarkDecideFreshGoroutine).
+// Growing once, while the stack is still shallow, copies almost nothing.
+// The frame is reserved at entry but never written (grow is false), so a
+// goroutine whose stack is already big pays nothing.
+//
+//go:noinline
+func growStack(grow bool) {
+	if grow {
+		var buf [60 << 10]byte
+		useStack(buf[:])
+	}
+}
+
+//go:noinline
+func useStack([]byte) {}

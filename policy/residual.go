@@ -110,6 +110,7 @@ func (e *Engine) residualFor(rev *revision, s *Subject, a Action) *residual {
 
 // specialise partially evaluates the allow rule for s and a.
 func (e *Engine) specialise(rev *revision, s *Subject, a Action) *residual {
+	growStack(false)
 	rs := &residual{rev: rev}
 	known := ast.NewObject(
 		[2]*ast.Term{kVersion, vVersion},
