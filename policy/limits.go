@@ -2,11 +2,8 @@ package policy
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-
-	"github.com/open-policy-agent/opa/v1/rego"
 
 	"github.com/moat-mqtt/moat/codec"
 )
@@ -42,9 +39,9 @@ func (e *Engine) Limits(s *Subject) (*Limits, error) {
 	if !rev.hasLimits {
 		return nil, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), e.opts.EvalTimeout)
-	defer cancel()
-	rs, err := rev.limits.Eval(ctx, rego.EvalParsedInput(s.input(&Request{Action: Connect})))
+	b := e.budget()
+	defer b.stop()
+	rs, err := b.eval(rev.limits, s.input(&Request{Action: Connect}))
 	if err != nil {
 		e.errs.Add(1)
 		return nil, fmt.Errorf("evaluating limits: %w", err)

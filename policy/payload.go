@@ -2,7 +2,6 @@ package policy
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -25,10 +24,10 @@ func (e *Engine) CheckPayload(s *Subject, r *Request, payload []byte) Decision {
 	}
 	rc := *r
 	rc.Topic, rc.ShareGroup = strings.Clone(r.Topic), strings.Clone(r.ShareGroup)
-	ctx, cancel := context.WithTimeout(context.Background(), e.opts.EvalTimeout)
-	defer cancel()
+	b := e.budget()
+	defer b.stop()
 	e.misses.Add(1)
-	reasons, err := denySet(ctx, rev.payload, payloadInput(s, &rc, payload))
+	reasons, err := denySet(b, rev.payload, payloadInput(s, &rc, payload))
 	d := Decision{Allow: err == nil && len(reasons) == 0}
 	switch {
 	case err != nil:
@@ -65,8 +64,8 @@ func payloadInput(s *Subject, r *Request, payload []byte) ast.Value {
 }
 
 // denySet evaluates a set-of-strings rule; undefined is the empty set.
-func denySet(ctx context.Context, q rego.PreparedEvalQuery, in ast.Value) ([]string, error) {
-	rs, err := q.Eval(ctx, rego.EvalParsedInput(in))
+func denySet(b budget, q rego.PreparedEvalQuery, in ast.Value) ([]string, error) {
+	rs, err := b.eval(q, in)
 	if err != nil {
 		return nil, err
 	}

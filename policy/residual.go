@@ -118,9 +118,9 @@ func (e *Engine) specialise(rev *revision, s *Subject, a Action) *residual {
 		[2]*ast.Term{kClient, s.client()},
 		[2]*ast.Term{kWill, ast.BooleanTerm(false)},
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), e.opts.EvalTimeout)
-	defer cancel()
-	pq, err := rev.partial.Partial(ctx, rego.EvalParsedInput(known), rego.EvalParsedUnknowns(unknowns))
+	b := e.budget()
+	defer b.stop()
+	pq, err := rev.partial.Partial(context.Background(), rego.EvalParsedInput(known), rego.EvalParsedUnknowns(unknowns), rego.EvalExternalCancel(b.cancel))
 	if err != nil || len(pq.Support) > 0 {
 		return rs
 	}

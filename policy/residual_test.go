@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"context"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -168,7 +167,7 @@ func TestResidualAgreesWithOPA(t *testing.T) {
 					}
 					for range 1000 {
 						r := randomRequest(rng, a, ids)
-						want, _, err := evalBool(context.Background(), rev.allow, s.input(&r))
+						want, _, err := evalBool(budget{}, rev.allow, s.input(&r))
 						if err != nil {
 							continue // an error is a denial; the residual only ever allows
 						}
@@ -348,7 +347,7 @@ func FuzzResidual(f *testing.F) {
 				if ct != "" || rt != "" {
 					r.Props = &Props{ContentType: ct, ResponseTopic: rt}
 				}
-				want, _, err := evalBool(context.Background(), rev.allow, s.input(&r))
+				want, _, err := evalBool(budget{}, rev.allow, s.input(&r))
 				if err != nil {
 					want = false
 				}
