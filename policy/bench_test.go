@@ -70,3 +70,15 @@ func BenchmarkDecideFreshGoroutine(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkInput is building one decision's input document, part of
+// every full evaluation.
+func BenchmarkInput(b *testing.B) {
+	s := certSubject("sensor-7")
+	r := Request{Action: Publish, Topic: "sensors/sensor-7/temp", QoS: 1}
+	s.input(&r)
+	b.ReportAllocs()
+	for b.Loop() {
+		s.input(&r)
+	}
+}
