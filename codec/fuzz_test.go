@@ -52,6 +52,7 @@ func FuzzReader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, level byte, data []byte) {
 		v := Version(level%3 + 3)
 		r := NewReader(iotest.OneByteReader(bytes.NewReader(data)), 4096)
+		r.SkipOversizePublish(level&4 != 0)
 		for i := 0; i < 64; i++ {
 			fr, err := r.ReadPacket()
 			if err != nil {
@@ -63,6 +64,12 @@ func FuzzReader(f *testing.F) {
 			}
 			if len(fr.Bytes) > 4096 {
 				t.Fatalf("frame of %d bytes passed a 4096 byte limit", len(fr.Bytes))
+			}
+			if fr.Skipped > 0 {
+				if fr.Type != PUBLISH || fr.Skipped <= 4096 || fr.Bytes != nil || level&4 == 0 || (fr.SkippedID == 0) != (fr.Flags&0x06 == 0) {
+					t.Fatalf("skipped frame %+v", fr)
+				}
+				continue
 			}
 			var p Packet
 			if fr.Type == CONNECT {

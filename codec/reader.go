@@ -15,6 +15,11 @@ type Frame struct {
 	Flags byte // low four bits of the first byte
 	Bytes []byte
 	Body  []byte
+	// Skipped is the size of a PUBLISH over the limit that the Reader
+	// discarded (SkipOversizePublish); Bytes and Body are then nil and
+	// SkippedID is its packet identifier (0 at QoS 0).
+	Skipped   int
+	SkippedID uint16
 }
 
 // Reader frames MQTT packets from a byte stream.
@@ -38,6 +43,7 @@ type Reader struct {
 	big   []byte  // a packet larger than the pooled buffer
 	bigp  *[]byte // the pool's pointer, if big came from it
 	full  bool    // the last read filled all the space offered
+	skip  bool    // discard an oversize PUBLISH instead of failing
 	small [smallRead]byte
 }
 
@@ -72,6 +78,14 @@ func (r *Reader) SetMaxPacketSize(n int) {
 	}
 	r.max = n
 }
+
+// SkipOversizePublish makes ReadPacket discard a PUBLISH larger than the
+// limit, reading past its bytes without keeping them, and return it as a
+// Frame with Skipped set, instead of failing. Other packets over the limit
+// are still errors. For a peer that cannot be told the limit (a broker
+// delivering to an MQTT 3.x client) one oversize message should cost that
+// message, not the session.
+func (r *Reader) SkipOversizePublish(on bool) { r.skip = on }
 
 // Buffered is how many bytes are already read from the connection but not
 // yet returned as packets; writers use it to decide when to flush.
@@ -181,6 +195,9 @@ func (r *Reader) ReadPacket() (Frame, error) {
 		}
 	}
 	total := n + rl
+	if total > r.max && r.skip && t == PUBLISH {
+		return r.skipPublish(flags, n, total)
+	}
 	if total > r.max {
 		return Frame{}, &Error{Code: PacketTooLarge, Clause: "MQTT-3.2.2.3.6",
 			Msg: "declared packet size " + strconv.Itoa(total) + " bytes exceeds the limit of " + strconv.Itoa(r.max) + " bytes"}
@@ -219,6 +236,66 @@ func (r *Reader) readLarge(t PacketType, flags byte, hdr, total int) (Frame, err
 	}
 	r.big = big
 	return Frame{Type: t, Flags: flags, Bytes: big, Body: big[hdr:]}, nil
+}
+
+// skipPublish reads past an oversize PUBLISH, keeping only its packet
+// identifier: the topic length, the topic (discarded) and, at QoS 1 or 2,
+// the identifier. hdr is the fixed header's size, total the packet's.
+func (r *Reader) skipPublish(flags byte, hdr, total int) (Frame, error) {
+	r.r += hdr // buffered: the remaining length was just parsed
+	left := total - hdr
+	u16 := func() (uint16, error) {
+		if left < 2 {
+			return 0, malformed("MQTT-3.3.2-1", "PUBLISH too short for its variable header")
+		}
+		if err := r.ensure(2); err != nil {
+			return 0, unexpected(err)
+		}
+		v := uint16(r.buf[r.r])<<8 | uint16(r.buf[r.r+1])
+		r.r += 2
+		left -= 2
+		return v, nil
+	}
+	tl, err := u16()
+	if err != nil {
+		return Frame{}, err
+	}
+	if int(tl) > left {
+		return Frame{}, malformed("MQTT-1.5.4", "topic length %d exceeds the packet", tl)
+	}
+	if err := r.discard(int(tl)); err != nil {
+		return Frame{}, err
+	}
+	left -= int(tl)
+	var id uint16
+	if flags&0x06 != 0 {
+		if id, err = u16(); err != nil {
+			return Frame{}, err
+		}
+		if id == 0 {
+			return Frame{}, malformed("MQTT-2.2.1-3", "PUBLISH at QoS > 0 with packet identifier 0")
+		}
+	}
+	if err := r.discard(left); err != nil {
+		return Frame{}, err
+	}
+	return Frame{Type: PUBLISH, Flags: flags, Skipped: total, SkippedID: id}, nil
+}
+
+// discard reads past n bytes, a buffer at a time.
+func (r *Reader) discard(n int) error {
+	for n > 0 {
+		if r.r == r.w {
+			r.r, r.w = 0, 0
+			if err := r.fill(); err != nil {
+				return unexpected(err)
+			}
+		}
+		k := min(n, r.w-r.r)
+		r.r += k
+		n -= k
+	}
+	return nil
 }
 
 func unexpected(err error) error {

@@ -659,17 +659,7 @@ func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 		if d.Allow {
 			return f.Bytes, true
 		}
-		switch pk.QoS {
-		case 1:
-			return nil, s.replyBroker(&codec.Ack{PacketType: codec.PUBACK, PacketID: pk.PacketID})
-		case 2:
-			if az.droppedRel == nil {
-				az.droppedRel = make(map[uint16]struct{})
-			}
-			az.droppedRel[pk.PacketID] = struct{}{}
-			return nil, s.replyBroker(&codec.Ack{PacketType: codec.PUBREC, PacketID: pk.PacketID})
-		}
-		return nil, true
+		return nil, p.ackDropped(pk.QoS, pk.PacketID)
 	case *codec.Ack:
 		if s.finished(pk) {
 			s.release()
@@ -691,6 +681,24 @@ func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 		return p.merge(f, codec.UNSUBACK, pk.PacketID, &pk.ReasonCodes, pk)
 	}
 	return f.Bytes, true
+}
+
+// ackDropped completes the broker's side of a delivery moat dropped: at
+// QoS 1 a PUBACK; at QoS 2 a PUBREC, and the broker's PUBREL is answered
+// here. It reports whether the session goes on.
+func (p brokerToClient) ackDropped(qos byte, id uint16) bool {
+	s, az := p.s, p.s.az
+	switch qos {
+	case 1:
+		return s.replyBroker(&codec.Ack{PacketType: codec.PUBACK, PacketID: id})
+	case 2:
+		if az.droppedRel == nil {
+			az.droppedRel = make(map[uint16]struct{})
+		}
+		az.droppedRel[id] = struct{}{}
+		return s.replyBroker(&codec.Ack{PacketType: codec.PUBREC, PacketID: id})
+	}
+	return true
 }
 
 // cappedAck turns the broker's PUBACK for a QoS 2 publish moat sent on

@@ -35,6 +35,7 @@ type metrics struct {
 	bans         *prometheus.CounterVec
 	alerts       *prometheus.CounterVec
 	dialFailures prometheus.Counter
+	oversize     prometheus.Counter // deliveries dropped for their size
 	dialSeconds  prometheus.Histogram
 	evalSeconds  *prometheus.HistogramVec
 
@@ -61,12 +62,14 @@ func newMetrics(s *Server) *metrics {
 	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_rate_limited_total", Help: "Packets over a client's budget, by what moat did."}, []string{"action"})
 	m.bans = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_bans_total", Help: "Bans imposed, by kind."}, []string{"kind"})
 	m.alerts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_alerts_total", Help: "Decoy alerts, by what was touched."}, []string{"kind"})
+	m.oversize = prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_deliveries_oversize_dropped_total",
+		Help: "Broker deliveries to MQTT 3.x clients larger than limits.max_packet_size: dropped and acknowledged to the broker."})
 	m.dialFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_upstream_dial_failures_total", Help: "Failed connections to the upstream broker (TCP or TLS)."})
 	m.dialSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "moat_upstream_dial_seconds", Help: "Time to connect to the upstream broker, TLS included.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)})
 	m.evalSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "moat_policy_eval_seconds", Help: "Policy evaluations (cache misses, connect and will decisions).",
 		Buckets: prometheus.ExponentialBuckets(0.000005, 3, 10)}, []string{"action"})
-	for _, c := range []prometheus.Collector{m.active, m.accepted, m.refusedConns, m.tlsFailures, m.authFailures, m.refusals, m.rateLimited, m.bans, m.alerts, m.dialFailures, m.dialSeconds, m.evalSeconds} {
+	for _, c := range []prometheus.Collector{m.active, m.accepted, m.refusedConns, m.tlsFailures, m.authFailures, m.refusals, m.rateLimited, m.bans, m.alerts, m.oversize, m.dialFailures, m.dialSeconds, m.evalSeconds} {
 		f(c)
 	}
 	pk := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_packets_total", Help: "MQTT packets relayed or answered, per direction and type."}, []string{"direction", "type"})

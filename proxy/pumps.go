@@ -249,6 +249,9 @@ func (p brokerToClient) handle() bool {
 		p.readError(err)
 		return false
 	}
+	if f.Skipped > 0 {
+		return p.dropOversize(f)
+	}
 	s.fromBroker.count(s.srv.m, toClient, f)
 	sc := scratchPool.Get().(*scratch)
 	pk, err := p.check(f, &sc.pub, &sc.ack)
@@ -267,6 +270,22 @@ func (p brokerToClient) handle() bool {
 	out, ok := p.authorize(f, pk)
 	scratchPool.Put(sc)
 	return ok && s.relay(out, s.ur, s.cw, false)
+}
+
+// dropOversize answers for a delivery larger than limits.max_packet_size
+// that the Reader read past (3.x clients only: they cannot tell the broker
+// their limit). The message is lost to this client; it is logged, counted
+// and acknowledged, so the broker's flow goes on instead of redelivering
+// it to every reconnect.
+func (p brokerToClient) dropOversize(f codec.Frame) bool {
+	s := p.s
+	qos := f.Flags >> 1 & 3
+	if s.srv.m != nil {
+		s.srv.m.oversize.Inc()
+	}
+	s.logger().Warn("dropped a delivery over limits.max_packet_size", "client_id", s.info.id,
+		"bytes", f.Skipped, "limit", s.srv.live.Load().limits.MaxPacketSize, "qos", qos)
+	return p.ackDropped(qos, f.SkippedID) && s.relay(nil, s.ur, s.cw, false)
 }
 
 // relay finishes one packet: out goes to w, flushed once r has nothing

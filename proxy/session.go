@@ -319,6 +319,9 @@ func (s *session) establish() error {
 		return errors.New("session closed while dialing")
 	}
 	s.ur = codec.NewReader(up, int(lim.MaxPacketSize))
+	// An MQTT 5 client's limit reaches the broker in CONNECT; a 3.x
+	// client's cannot, so a delivery over it costs that message only.
+	s.ur.SkipOversizePublish(s.version != codec.V5)
 	s.uw = newPeerWriter(up, lim.WriteTimeout)
 
 	connectBytes, err := s.upstreamConnect(c, f.Bytes)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -229,5 +230,67 @@ func TestAdminTokenTooShort(t *testing.T) {
 	os.WriteFile(tok, []byte("short"), 0o600)
 	if _, err := admin.ReadToken(tok); err == nil || !strings.Contains(err.Error(), "at least 16") {
 		t.Fatalf("a 5-character token: %v", err)
+	}
+}
+
+// TestOversizeDeliveryTo3x: an MQTT 3.1.1 client cannot tell the broker
+// its packet size limit, so the broker may deliver more than moat admits.
+// moat drops that message, acknowledges it to the broker at QoS 1 and 2,
+// counts it, and the session goes on: the messages around it arrive in
+// order, and the broker does not redeliver the dropped ones on reconnect.
+func TestOversizeDeliveryTo3x(t *testing.T) {
+	const limit = 4 << 10
+	e, base := adminEnv(t, func(c *config.Config) { c.Limits.MaxPacketSize = limit })
+	connect := func() *mqtttest.Raw {
+		c := mqtttest.DialRaw(t, e.plain, nil)
+		c.V = codec.V311
+		c.SendPacket(&codec.Connect{Version: codec.V311, ClientID: "small-sub", KeepAlive: 30})
+		if ack, ok := c.Expect(5 * time.Second).(*codec.Connack); !ok || ack.ReasonCode != 0 {
+			t.Fatalf("CONNACK %#v", ack)
+		}
+		return c
+	}
+	sub := connect()
+	sub.SendPacket(&codec.Subscribe{PacketID: 1, Subscriptions: []codec.Subscription{{Filter: "ok/big/#", QoS: 2}}})
+	if p := sub.Expect(5 * time.Second); p.Type() != codec.SUBACK {
+		t.Fatalf("got %s, want SUBACK", p.Type())
+	}
+	pub := paho5(t, e.broker.Addr, nil, "big-pub", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	big := bytes.Repeat([]byte("x"), 10<<10)
+	for _, m := range []struct {
+		topic   string
+		qos     byte
+		payload []byte
+	}{{"ok/big/1", 1, []byte("first")}, {"ok/big/2", 1, big}, {"ok/big/3", 2, big}, {"ok/big/4", 2, []byte("last")}} {
+		if _, err := pub.Publish(ctx, &paho.Publish{Topic: m.topic, QoS: m.qos, Payload: m.payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, ok := sub.Expect(10 * time.Second).(*codec.Publish)
+	if !ok || string(p.Topic) != "ok/big/1" || p.QoS != 1 {
+		t.Fatalf("first delivery %#v", p)
+	}
+	sub.SendPacket(&codec.Ack{PacketType: codec.PUBACK, PacketID: p.PacketID})
+	if p, ok = sub.Expect(10 * time.Second).(*codec.Publish); !ok || string(p.Topic) != "ok/big/4" || string(p.Payload) != "last" {
+		t.Fatalf("second delivery %#v: want ok/big/4, the oversize ones dropped", p)
+	}
+	sub.SendPacket(&codec.Ack{PacketType: codec.PUBREC, PacketID: p.PacketID})
+	if rel, ok := sub.Expect(5 * time.Second).(*codec.Ack); !ok || rel.PacketType != codec.PUBREL {
+		t.Fatalf("want PUBREL, got %#v", rel)
+	}
+	sub.SendPacket(&codec.Ack{PacketType: codec.PUBCOMP, PacketID: p.PacketID})
+	if got := metric(t, base, "moat_deliveries_oversize_dropped_total"); got != 2 {
+		t.Fatalf("oversize drops counted %v, want 2", got)
+	}
+	sub.SendPacket(&codec.Disconnect{})
+	sub.ExpectClosed(5 * time.Second)
+
+	// The broker saw every message acknowledged: a new connection to the
+	// same session gets nothing more.
+	again := connect()
+	if p, err := again.Read(1500 * time.Millisecond); err == nil {
+		t.Fatalf("redelivered after reconnect: %#v", p)
 	}
 }
