@@ -76,9 +76,9 @@ func BenchmarkDecideFreshGoroutine(b *testing.B) {
 func BenchmarkInput(b *testing.B) {
 	s := certSubject("sensor-7")
 	r := Request{Action: Publish, Topic: "sensors/sensor-7/temp", QoS: 1}
-	s.input(&r)
+	s.input(&r, allInput)
 	b.ReportAllocs()
 	for b.Loop() {
-		s.input(&r)
+		s.input(&r, allInput)
 	}
 }

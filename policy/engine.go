@@ -133,6 +133,7 @@ type revision struct {
 	inspect       rego.PreparedEvalQuery // publish: does the payload go to moat.payload?
 	payload       rego.PreparedEvalQuery
 	hasInspect    bool
+	use           inputUse // the parts of the input the policy reads
 	partial       rego.PreparedPartialQuery // allow, for residuals
 	residuals     bool                      // allow can be specialised (residualSafe)
 	cache         *lru.Cache[cacheKey, cached]
@@ -240,7 +241,7 @@ func (e *Engine) compile() (*revision, error) {
 		opts := append([]func(*rego.Rego){rego.Query(q), rego.Compiler(compiler), rego.Store(store), rego.StrictBuiltinErrors(true)}, Builtins()...)
 		return rego.New(opts...).PrepareForEval(context.Background())
 	}
-	rev := &revision{id: digest(res), stamp: stamp}
+	rev := &revision{id: digest(res), stamp: stamp, use: inputUseOf(compiler)}
 	if rev.allow, err = prep(allowQuery); err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
@@ -318,21 +319,21 @@ func smoke(rev *revision) error {
 	s := NewSubject(0, Client{ID: "moat-smoke", ProtocolVersion: 5, Address: "127.0.0.1", Port: 1, Listener: "smoke", Transport: "tls", AuthMethod: "anonymous"})
 	for a := Connect; a <= Receive; a++ {
 		r := &Request{Action: a, Topic: "moat/smoke", QoS: 1}
-		if _, _, err := evalBool(budget{}, rev.allow, s.input(r)); err != nil {
+		if _, _, err := evalBool(budget{}, rev.allow, s.input(r, rev.use)); err != nil {
 			return fmt.Errorf("policy: smoke evaluation of %q: %w", a, err)
 		}
 	}
 	if rev.hasInspect {
 		r := &Request{Action: Publish, Topic: "moat/smoke", QoS: 1}
-		if _, _, err := evalBool(budget{}, rev.inspect, s.input(r)); err != nil {
+		if _, _, err := evalBool(budget{}, rev.inspect, s.input(r, rev.use)); err != nil {
 			return fmt.Errorf("policy: smoke evaluation of inspect: %w", err)
 		}
-		if _, err := denySet(budget{}, rev.payload, payloadInput(s, r, []byte(`{"smoke":true}`))); err != nil {
+		if _, err := denySet(budget{}, rev.payload, payloadInput(s, r, []byte(`{"smoke":true}`), rev.use)); err != nil {
 			return fmt.Errorf("policy: smoke evaluation of %s: %w", PayloadPackage, err)
 		}
 	}
 	if rev.hasLimits {
-		if rs, err := rev.limits.Eval(context.Background(), rego.EvalParsedInput(s.input(&Request{Action: Connect}))); err != nil {
+		if rs, err := rev.limits.Eval(context.Background(), rego.EvalParsedInput(s.input(&Request{Action: Connect}, rev.use))); err != nil {
 			return fmt.Errorf("policy: smoke evaluation of limits: %w", err)
 		} else if len(rs) == 1 && len(rs[0].Expressions) == 1 {
 			if _, err := parseLimits(rs[0].Expressions[0].Value); err != nil {
@@ -406,7 +407,7 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	rc.Topic, rc.ShareGroup = strings.Clone(r.Topic), strings.Clone(r.ShareGroup)
 	key.topic, key.group = rc.Topic, rc.ShareGroup
 	start := time.Now()
-	d, err := e.evaluate(rev, s.input(&rc), rc.Action, rc.Topic)
+	d, err := e.evaluate(rev, s.input(&rc, rev.use), rc.Action, rc.Topic)
 	if e.opts.OnEval != nil {
 		e.opts.OnEval(rc.Action, time.Since(start))
 	}

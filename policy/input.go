@@ -239,8 +239,85 @@ func init() {
 	}
 }
 
-// input builds the input document of one decision.
-func (s *Subject) input(r *Request) ast.Value {
+// Terms shared by every input: OPA never changes an input document, and
+// interns these itself.
+var (
+	vNull     = ast.InternedNullTerm
+	vTrue     = ast.InternedTerm(true)
+	vFalse    = ast.InternedTerm(false)
+	vNoProps  = ast.NewTerm(ast.InternedEmptyObjectValue)
+	vNoLevels = ast.NewTerm(ast.InternedEmptyArrayValue)
+)
+
+func boolTerm(b bool) *ast.Term {
+	if b {
+		return vTrue
+	}
+	return vFalse
+}
+
+// inputUse says which costly parts of the input document the policy can
+// read. A part no rule mentions is left empty: it cannot change a decision,
+// and building it is a good share of an evaluation's allocations.
+type inputUse struct {
+	levels bool // input.topic_levels
+	props  bool // input.properties
+}
+
+var allInput = inputUse{levels: true, props: true}
+
+// inputUseOf finds the input fields the compiled modules refer to. A use
+// of input it cannot pin to a field (input as a whole, input[x]) means
+// every field.
+func inputUseOf(c *ast.Compiler) inputUse {
+	var u inputUse
+	all := false
+	var vis *ast.GenericVisitor
+	vis = ast.NewGenericVisitor(func(x any) bool {
+		t, ok := x.(*ast.Term)
+		if !ok {
+			return all
+		}
+		switch v := t.Value.(type) {
+		case ast.Var:
+			if v.Equal(ast.InputRootDocument.Value) {
+				all = true
+			}
+		case ast.Ref:
+			if !v[0].Equal(ast.InputRootDocument) {
+				return all
+			}
+			key, ok := ast.String(""), false
+			if len(v) > 1 {
+				key, ok = v[1].Value.(ast.String)
+			}
+			switch {
+			case !ok:
+				all = true
+			case key == "topic_levels":
+				u.levels = true
+			case key == "properties":
+				u.props = true
+			}
+			for _, el := range v[1:] {
+				vis.Walk(el) // index terms may refer to input too
+			}
+			return true
+		}
+		return all
+	})
+	for _, m := range c.Modules {
+		vis.Walk(m)
+	}
+	if all {
+		return allInput
+	}
+	return u
+}
+
+// input builds the input document of one decision, with the parts use
+// names.
+func (s *Subject) input(r *Request, use inputUse) ast.Value {
 	action := ast.StringTerm("unknown")
 	if int(r.Action) < len(vActions) && vActions[r.Action] != nil {
 		action = vActions[r.Action]
@@ -248,22 +325,25 @@ func (s *Subject) input(r *Request) ast.Value {
 	if r.Action == Connect {
 		return ast.NewObject([2]*ast.Term{kVersion, vVersion}, [2]*ast.Term{kAction, action}, [2]*ast.Term{kClient, s.client()})
 	}
-	n := strings.Count(r.Topic, "/") + 1
-	lv := make([]*ast.Term, 0, n)
-	for l := range strings.SplitSeq(r.Topic, "/") {
-		lv = append(lv, ast.StringTerm(l))
+	levels := vNoLevels
+	if use.levels {
+		lv := make([]*ast.Term, 0, strings.Count(r.Topic, "/")+1)
+		for l := range strings.SplitSeq(r.Topic, "/") {
+			lv = append(lv, ast.StringTerm(l))
+		}
+		levels = ast.ArrayTerm(lv...)
 	}
-	group := ast.NullTerm()
+	group := vNull
 	if r.Shared {
 		group = ast.StringTerm(r.ShareGroup)
 	}
-	props := ast.NewObject()
-	if p := r.Props; p != nil {
+	props := vNoProps
+	if p := r.Props; p != nil && use.props {
 		user := make([]*ast.Term, len(p.User))
 		for i, kv := range p.User {
 			user[i] = ast.ArrayTerm(ast.StringTerm(kv[0]), ast.StringTerm(kv[1]))
 		}
-		props = ast.NewObject(
+		props = ast.ObjectTerm(
 			ast.Item(ast.StringTerm("content_type"), ast.StringTerm(p.ContentType)),
 			ast.Item(ast.StringTerm("response_topic"), ast.StringTerm(p.ResponseTopic)),
 			ast.Item(ast.StringTerm("user"), ast.ArrayTerm(user...)),
@@ -275,12 +355,12 @@ func (s *Subject) input(r *Request) ast.Value {
 		[2]*ast.Term{kAction, action},
 		[2]*ast.Term{kClient, s.client()},
 		[2]*ast.Term{kTopic, ast.StringTerm(r.Topic)},
-		[2]*ast.Term{kLevels, ast.ArrayTerm(lv...)},
+		[2]*ast.Term{kLevels, levels},
 		[2]*ast.Term{kGroup, group},
 		[2]*ast.Term{kQoS, qos},
-		[2]*ast.Term{kRetain, ast.BooleanTerm(r.Retain)},
-		[2]*ast.Term{kWill, ast.BooleanTerm(r.Will)},
-		[2]*ast.Term{kProps, ast.NewTerm(props)},
+		[2]*ast.Term{kRetain, boolTerm(r.Retain)},
+		[2]*ast.Term{kWill, boolTerm(r.Will)},
+		[2]*ast.Term{kProps, props},
 	)
 }
 

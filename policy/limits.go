@@ -41,7 +41,7 @@ func (e *Engine) Limits(s *Subject) (*Limits, error) {
 	}
 	b := e.budget()
 	defer b.stop()
-	rs, err := b.eval(rev.limits, s.input(&Request{Action: Connect}))
+	rs, err := b.eval(rev.limits, s.input(&Request{Action: Connect}, rev.use))
 	if err != nil {
 		e.errs.Add(1)
 		return nil, fmt.Errorf("evaluating limits: %w", err)

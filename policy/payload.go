@@ -27,7 +27,7 @@ func (e *Engine) CheckPayload(s *Subject, r *Request, payload []byte) Decision {
 	b := e.budget()
 	defer b.stop()
 	e.misses.Add(1)
-	reasons, err := denySet(b, rev.payload, payloadInput(s, &rc, payload))
+	reasons, err := denySet(b, rev.payload, payloadInput(s, &rc, payload, rev.use))
 	d := Decision{Allow: err == nil && len(reasons) == 0}
 	switch {
 	case err != nil:
@@ -39,8 +39,8 @@ func (e *Engine) CheckPayload(s *Subject, r *Request, payload []byte) Decision {
 }
 
 // payloadInput is the publish input with the payload's facts added.
-func payloadInput(s *Subject, r *Request, payload []byte) ast.Value {
-	in := s.input(r).(ast.Object)
+func payloadInput(s *Subject, r *Request, payload []byte, use inputUse) ast.Value {
+	in := s.input(r, use).(ast.Object)
 	facts := [][2]*ast.Term{
 		ast.Item(ast.StringTerm("size"), ast.IntNumberTerm(len(payload))),
 	}

@@ -167,7 +167,7 @@ func TestResidualAgreesWithOPA(t *testing.T) {
 					}
 					for range 1000 {
 						r := randomRequest(rng, a, ids)
-						want, _, err := evalBool(budget{}, rev.allow, s.input(&r))
+						want, _, err := evalBool(budget{}, rev.allow, s.input(&r, rev.use))
 						if err != nil {
 							continue // an error is a denial; the residual only ever allows
 						}
@@ -347,7 +347,7 @@ func FuzzResidual(f *testing.F) {
 				if ct != "" || rt != "" {
 					r.Props = &Props{ContentType: ct, ResponseTopic: rt}
 				}
-				want, _, err := evalBool(budget{}, rev.allow, s.input(&r))
+				want, _, err := evalBool(budget{}, rev.allow, s.input(&r, rev.use))
 				if err != nil {
 					want = false
 				}
@@ -357,4 +357,33 @@ func FuzzResidual(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestInputUse: the input's costly parts are built only for policies that
+// can read them; any use of input that cannot be pinned to a field means
+// all of them.
+func TestInputUse(t *testing.T) {
+	const head = "package moat.authz\nimport rego.v1\ndefault allow := false\n"
+	for _, c := range []struct {
+		body string
+		want inputUse
+	}{
+		{`allow if input.topic == "a"`, inputUse{}},
+		{`allow if input.topic_levels[0] == "a"`, inputUse{levels: true}},
+		{`allow if input.properties.content_type == "a"`, inputUse{props: true}},
+		{"allow if {\n some l in input.topic_levels\n l == \"x\"\n}", inputUse{levels: true}},
+		{"m := {\"a\": 1}\nallow if m[input.properties.response_topic] == 1", inputUse{props: true}},
+		{"allow if {\n x := input\n x.topic_levels[0] == \"a\"\n}", allInput},
+		{"allow if {\n some k\n input[k] == \"a\"\n}", allInput},
+		{`allow if json.marshal(input) != ""`, allInput},
+		{"allow if {\n walk(input, [p, v])\n v == \"a\"\n}", allInput},
+	} {
+		e := newEngine(t, head+c.body, Options{})
+		if got := e.cur.Load().use; got != c.want {
+			t.Errorf("%s: %+v, want %+v", c.body, got, c.want)
+		}
+	}
+	if got := plant(t, Options{}).cur.Load().use; got != (inputUse{}) {
+		t.Errorf("plant: %+v, want nothing optional", got)
+	}
 }
