@@ -133,7 +133,7 @@ type revision struct {
 	inspect       rego.PreparedEvalQuery // publish: does the payload go to moat.payload?
 	payload       rego.PreparedEvalQuery
 	hasInspect    bool
-	use           inputUse // the parts of the input the policy reads
+	use           inputUse                  // the parts of the input the policy reads
 	partial       rego.PreparedPartialQuery // allow, for residuals
 	residuals     bool                      // allow can be specialised (residualSafe)
 	cache         *lru.Cache[cacheKey, cached]
