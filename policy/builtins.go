@@ -99,20 +99,24 @@ func expandArgs(name string, p, v, t *ast.Term) (filter string, ok bool, topic s
 	if !isObj {
 		return "", false, "", fmt.Errorf("%s: vars must be an object", name)
 	}
-	vars := make(map[string]string, obj.Len())
-	err = obj.Iter(func(k, val *ast.Term) error {
-		ks, ok1 := k.Value.(ast.String)
-		vs, ok2 := val.Value.(ast.String)
-		if !ok1 || !ok2 {
-			return fmt.Errorf("%s: vars must map strings to strings", name)
-		}
-		vars[string(ks)] = string(vs)
-		return nil
+	// Every value must be a string, used or not: a policy bug shows at once.
+	bad := false
+	obj.Foreach(func(k, val *ast.Term) {
+		_, ok1 := k.Value.(ast.String)
+		_, ok2 := val.Value.(ast.String)
+		bad = bad || !ok1 || !ok2
 	})
-	if err != nil {
-		return "", false, "", err
+	if bad {
+		return "", false, "", fmt.Errorf("%s: vars must map strings to strings", name)
 	}
-	filter, ok, err = Expand(pattern, vars)
+	lookup := func(key string) (string, bool) {
+		val := obj.Get(ast.InternedTerm(key))
+		if val == nil {
+			return "", false
+		}
+		return string(val.Value.(ast.String)), true
+	}
+	filter, ok, err = expand(pattern, lookup)
 	if err != nil {
 		return "", false, "", fmt.Errorf("%s: %q: %v", name, pattern, err)
 	}
