@@ -15,17 +15,14 @@ import rego.v1
 
 default allow := false
 
+# Each chain stops at its first match: one body is evaluated, not all of
+# them (docs/policy.md, "Writing fast rules").
 identity := input.client.cert.subject.common_name if input.client.auth_method == "certificate"
-
-identity := input.client.username if input.client.auth_method in {"password", "jwt"}
+else := input.client.username if input.client.auth_method in {"password", "jwt"}
 
 role := "sensor" if startswith(identity, "sensor-")
-
-role := "dashboard" if startswith(identity, "dashboard-")
-
-role := "controller" if identity == "controller"
-
-me := {"id": identity}
+else := "dashboard" if startswith(identity, "dashboard-")
+else := "controller" if identity == "controller"
 
 allow if {
 	input.action == "connect"
@@ -38,14 +35,14 @@ allow if {
 	input.action == "publish"
 	role == "sensor"
 	input.will == false
-	moat.topic_matches_with("sensors/{id}/#", me, input.topic)
+	moat.topic_matches_with("sensors/{id}/#", {"id": identity}, input.topic)
 }
 
 allow if {
 	input.action == "publish"
 	input.will
 	role == "sensor"
-	moat.topic_matches_with("status/{id}", me, input.topic)
+	moat.topic_matches_with("status/{id}", {"id": identity}, input.topic)
 }
 
 # Sensors listen for the commands addressed to them.
@@ -53,13 +50,13 @@ allow if {
 	input.action == "subscribe"
 	role == "sensor"
 	input.share_group == null
-	moat.filter_covers_with("commands/{id}/#", me, input.topic)
+	moat.filter_covers_with("commands/{id}/#", {"id": identity}, input.topic)
 }
 
 allow if {
 	input.action == "receive"
 	role == "sensor"
-	moat.topic_matches_with("commands/{id}/#", me, input.topic)
+	moat.topic_matches_with("commands/{id}/#", {"id": identity}, input.topic)
 }
 
 readable := {"sensors/#", "status/#"}
