@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
@@ -52,7 +51,7 @@ type fastSet struct {
 // allowed if any body holds; a body holds if all its checks do.
 type residual struct {
 	rev     *revision
-	expires int64 // unix nanoseconds
+	expires int64 // monoNow nanoseconds
 	ok      bool  // false: the residual needs something checks cannot do
 	bodies  [][]check
 }
@@ -94,7 +93,7 @@ func (e *Engine) residualFor(rev *revision, s *Subject, a Action) *residual {
 			}
 		}
 	}
-	now := time.Now().UnixNano()
+	now := monoNow()
 	if rs := fs.res[a].Load(); rs != nil && rs.rev == rev && now < rs.expires {
 		return rs
 	}

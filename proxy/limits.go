@@ -181,7 +181,7 @@ func (p clientToBroker) limit(f codec.Frame, pk codec.Packet) (goOn bool) {
 			s.bucket.Override(*s.policyRates)
 		}
 	}
-	now := time.Now()
+	now := monoNow().wall()
 	action := p.action()
 	if f.Type == codec.SUBSCRIBE {
 		if action == "reject" {
@@ -219,7 +219,7 @@ func (p clientToBroker) topicRate(topic string, pub *codec.Publish) bool {
 		if !matchesAny(tr.Filters, topic) {
 			continue
 		}
-		now := time.Now()
+		now := monoNow().wall()
 		switch action := p.action(); action {
 		case "reject", "disconnect":
 			if s.bucket.TopicAllow(i, now, tr) {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/moat-mqtt/moat/codec"
 )
@@ -98,7 +97,7 @@ func (p clientToBroker) handle() bool {
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) && !expired(s.kaDeadline) && !s.draining.Load() {
 			// Only the idle deadline, in the middle of a packet: keep reading.
-			s.armedAt = time.Time{}
+			s.armedAt = 0
 			return true
 		}
 		p.readError(err)
@@ -243,7 +242,7 @@ func (p brokerToClient) handle() bool {
 	f, err := s.ur.ReadPacket()
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) && !expired(s.upstreamDeadline()) {
-			s.uArmedAt = time.Time{}
+			s.uArmedAt = 0
 			return true
 		}
 		p.readError(err)

@@ -88,10 +88,10 @@ type session struct {
 	info       clientInfo
 	version    codec.Version
 	keepAlive  time.Duration // 1.5 x the negotiated keep alive, 0 for none
-	armedAt    time.Time     // when the client read deadline was last set
+	armedAt    mono          // when the client read deadline was last set (0: re-arm)
 	kaDeadline time.Time     // the keep alive deadline armClient set
-	lastRead   time.Time     // last complete client packet (to within ka/8)
-	uArmedAt   time.Time     // when the upstream read deadline was last set
+	lastRead   mono          // last complete client packet (to within ka/8)
+	uArmedAt   mono          // when the upstream read deadline was last set (0: re-arm)
 	// upDeadline is the hard upstream read deadline (unix ns; 0: none),
 	// set when the session ends and the broker is given time to close.
 	upDeadline atomic.Int64
@@ -296,7 +296,7 @@ func (s *session) establish() error {
 	if n := lim.MaxInflight; n > 0 {
 		s.az.inflight.max = int32(n)
 	}
-	s.lastRead = time.Now()
+	s.lastRead = monoNow()
 	s.info = clientInfo{id: c.ClientID, username: c.Username, keepAlive: c.KeepAlive, cleanStart: c.CleanStart}
 	ka := s.clampKeepAlive(c.KeepAlive)
 	s.setKeepAlive(ka)
@@ -576,14 +576,14 @@ func (s *session) armClient() {
 	if s.keepAlive > 0 {
 		period = min(period, s.keepAlive)
 	}
-	now := time.Now()
-	if now.Sub(s.armedAt) < period/8 {
+	now := monoNow()
+	if s.armedAt != 0 && now-s.armedAt < mono(period/8) {
 		return
 	}
 	s.armedAt = now
-	d := now.Add(idleAfter + idleAfter/8)
+	d := now.wall().Add(idleAfter + idleAfter/8)
 	if s.keepAlive > 0 {
-		s.kaDeadline = s.lastRead.Add(s.keepAlive + s.keepAlive/12) // (1.5 x ka)/12 = ka/8
+		s.kaDeadline = s.lastRead.wall().Add(s.keepAlive + s.keepAlive/12) // (1.5 x ka)/12 = ka/8
 		d = minTime(d, s.kaDeadline)
 	}
 	s.client.SetReadDeadline(d)
@@ -594,21 +594,21 @@ func (s *session) clientPacket() {
 	if s.keepAlive == 0 {
 		return
 	}
-	if now := time.Now(); now.Sub(s.lastRead) >= s.keepAlive/12 {
+	if now := monoNow(); now-s.lastRead >= mono(s.keepAlive/12) {
 		s.lastRead = now
-		s.armedAt = time.Time{} // the keep alive deadline moved: re-arm
+		s.armedAt = 0 // the keep alive deadline moved: re-arm
 	}
 }
 
 // armUpstream does the same for the broker side, where the only hard
 // deadline is the drain deadline set when the session ends.
 func (s *session) armUpstream() {
-	now := time.Now()
-	if now.Sub(s.uArmedAt) < idleAfter/8 {
+	now := monoNow()
+	if s.uArmedAt != 0 && now-s.uArmedAt < mono(idleAfter/8) {
 		return
 	}
 	s.uArmedAt = now
-	d := now.Add(idleAfter + idleAfter/8)
+	d := now.wall().Add(idleAfter + idleAfter/8)
 	if hard := s.upstreamDeadline(); !hard.IsZero() {
 		d = minTime(d, hard)
 	}
@@ -636,12 +636,12 @@ func expired(hard time.Time) bool { return !hard.IsZero() && !time.Now().Before(
 // deadline without the hard deadline having passed moves to the parker:
 // it returns parked, the caller's goroutine must return, and resume
 // continues the pump later on a new goroutine.
-func (s *session) wait(wc *waitConn, slot *atomic.Uint64, hard time.Time, armedAt *time.Time, resume func(error)) (parked bool, err error) {
+func (s *session) wait(wc *waitConn, slot *atomic.Uint64, hard time.Time, armedAt *mono, resume func(error)) (parked bool, err error) {
 	err = wc.Park()
 	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || expired(hard) {
 		return false, err
 	}
-	*armedAt = time.Time{} // the connection's deadline is spent: re-arm
+	*armedAt = 0 // the connection's deadline is spent: re-arm
 	if s.stale(wc, hard) {
 		if wc == s.cwc {
 			return false, err // ending or draining: the pump's error path decides
@@ -887,7 +887,7 @@ type peerWriter struct {
 	buf     []byte // pending bytes; nil when nothing is pending
 	bufp    *[]byte
 	timeout time.Duration
-	armedAt time.Time
+	armedAt mono // 0: arm at the next write
 }
 
 func newPeerWriter(conn net.Conn, timeout time.Duration) *peerWriter {
@@ -902,9 +902,9 @@ func (w *peerWriter) write(b []byte, flush bool) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.timeout > 0 {
-		if now := time.Now(); now.Sub(w.armedAt) > w.timeout/8 {
+		if now := monoNow(); w.armedAt == 0 || now-w.armedAt > mono(w.timeout/8) {
 			w.armedAt = now
-			w.conn.SetWriteDeadline(now.Add(w.timeout))
+			w.conn.SetWriteDeadline(now.wall().Add(w.timeout))
 		}
 	}
 	return w.writeLocked(b, flush)
@@ -958,6 +958,6 @@ func (w *peerWriter) writeFinal(b []byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.conn.SetWriteDeadline(deadline)
-	w.armedAt = deadline // no re-arm for the final write
+	w.armedAt = monoOf(deadline) // in the future: no re-arm for the final write
 	return w.writeLocked(b, true)
 }
