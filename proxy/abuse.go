@@ -4,25 +4,35 @@ import (
 	"fmt"
 
 	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/ratelimit"
 )
 
-// loadAbuse sets up denial bans and decoys.
-func (s *Server) loadAbuse() error {
-	b := s.cfg.Bans
-	if b.Denials > 0 {
+// loadAbuse sets up denial bans.
+func (s *Server) loadAbuse() {
+	if b := s.cfg.Bans; b.Denials > 0 {
 		s.abuse = ratelimit.NewBans(b.Denials, b.Window, b.Duration, 100_000)
 	}
-	for i, t := range s.cfg.Decoys.Topics {
+}
+
+// decoys are the honeytokens in force; a reload swaps them whole.
+type decoys struct {
+	topics []string
+	users  map[string]bool
+	ban    bool
+}
+
+func buildDecoys(cfg *config.Config) (*decoys, error) {
+	d := &decoys{topics: cfg.Decoys.Topics, users: map[string]bool{}, ban: cfg.Decoys.Ban == nil || *cfg.Decoys.Ban}
+	for i, t := range d.topics {
 		if err := codec.ValidFilter(t); err != nil {
-			return fmt.Errorf("decoys.topics[%d]: %v", i, err)
+			return nil, fmt.Errorf("decoys.topics[%d]: %v", i, err)
 		}
 	}
-	s.decoyUsers = map[string]bool{}
-	for _, u := range s.cfg.Decoys.Usernames {
-		s.decoyUsers[u] = true
+	for _, u := range cfg.Decoys.Usernames {
+		d.users[u] = true
 	}
-	return nil
+	return d, nil
 }
 
 // denied counts a denial (policy, payload, rate) against the client's
@@ -33,7 +43,7 @@ func (s *session) denied() bool {
 		return true
 	}
 	s.srv.m.bans.WithLabelValues("denials").Inc()
-	s.logger().Warn("address banned after repeated denials", "client_id", s.info.id, "ban", s.srv.cfg.Bans.Duration.String())
+	s.logger().Warn("address banned after repeated denials", "client_id", s.info.id, "ban", s.srv.live.Load().banFor.String())
 	s.end(endClientError, codec.AdministrativeAction, "banned after repeated denials") // 0x8A exists only in CONNACK
 	return false
 }
@@ -41,7 +51,7 @@ func (s *session) denied() bool {
 // decoyTopic reports whether a topic or filter touches a decoy: it lies
 // within a decoy filter, or (a filter) would receive a decoy's traffic.
 func (s *session) decoyTopic(t string, filter bool) bool {
-	for _, d := range s.srv.cfg.Decoys.Topics {
+	for _, d := range s.srv.live.Load().decoys.topics {
 		if filter {
 			if codec.FilterCovers(d, t) || codec.FilterCovers(t, d) {
 				return true
@@ -61,7 +71,7 @@ func (s *session) tripped(what, detail string) bool {
 	s.srv.m.alerts.WithLabelValues(what).Inc()
 	s.logger().Error("ALERT: decoy touched", "alert", true, "what", what, "detail", detail,
 		"client_id", s.info.id, "identity", s.ident.Name, "address", s.addr)
-	if !*s.srv.cfg.Decoys.Ban {
+	if !s.srv.live.Load().decoys.ban {
 		return false
 	}
 	s.srv.decoyBans.Fail(s.addr)

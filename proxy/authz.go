@@ -82,7 +82,7 @@ func (s *session) verifiedCert() *x509.Certificate {
 // 5. The log names the address and method, never the secret.
 func (s *session) authenticate(c *codec.Connect) bool {
 	s.cert = s.verifiedCert()
-	if c.HasUsername && s.srv.decoyUsers[c.Username] {
+	if c.HasUsername && s.srv.live.Load().decoys.users[c.Username] {
 		// A canary credential: nobody legitimate logs in with it.
 		s.tripped("login", c.Username)
 		s.sendConnack(c.Version, codec.BadUsernameOrPassword, codec.ConnRefusedBadCredentials311)

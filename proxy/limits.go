@@ -113,7 +113,7 @@ func (p clientToBroker) protocolLimits(f codec.Frame, pk codec.Packet) ([]byte, 
 				s.end(endClientError, codec.TopicNameInvalid, err)
 				return nil, false
 			}
-			if len(s.srv.cfg.Decoys.Topics) > 0 && s.decoyTopic(t, false) && !s.trippedEnd("publish", string(pk.Topic)) {
+			if len(s.srv.live.Load().decoys.topics) > 0 && s.decoyTopic(t, false) && !s.trippedEnd("publish", string(pk.Topic)) {
 				return nil, false
 			}
 		}

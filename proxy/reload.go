@@ -13,8 +13,8 @@ import (
 // dropping a connection: the listeners' certificates, client CAs and
 // CRLs (new handshakes use them), the password file and JWT settings,
 // payload rules, limits (budgets and connection limits at once; the
-// protocol limits for packets and connections from now on) and ban
-// thresholds.
+// protocol limits for packets and connections from now on), ban
+// thresholds and decoys.
 // Everything is built first; if any part fails, nothing changes and the
 // error says why. It returns the sections that differ but only take
 // effect after a restart. The policy files reload on their own.
@@ -45,6 +45,10 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 	if lv.payload, err = buildPayload(cfg); err != nil {
 		return nil, err
 	}
+	if lv.decoys, err = buildDecoys(cfg); err != nil {
+		return nil, err
+	}
+	lv.banFor = cfg.Bans.Duration
 	if reflect.DeepEqual(cfg.Limits.Rate, old.rate) {
 		// Unchanged budgets keep their registry: a reload refills no one.
 		lv.rates, lv.rate = old.rates, old.rate
@@ -74,11 +78,12 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 	} else {
 		restart = append(restart, "auth.brute_force")
 	}
-	if b := cfg.Bans; (b.Denials > 0) == (s.abuse != nil) {
+	b := cfg.Bans
+	s.decoyBans.Configure(1, time.Hour, b.Duration)
+	if (b.Denials > 0) == (s.abuse != nil) {
 		s.abuse.Configure(b.Denials, b.Window, b.Duration)
-		s.decoyBans.Configure(1, time.Hour, b.Duration)
 	} else {
-		restart = append(restart, "bans")
+		restart = append(restart, "bans.denials")
 	}
 	for _, d := range []struct {
 		name     string
@@ -86,7 +91,6 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 	}{
 		{"upstream", cur.Upstream, cfg.Upstream},
 		{"policy", cur.Policy, cfg.Policy},
-		{"decoys", cur.Decoys, cfg.Decoys},
 		{"admin", cur.Admin, cfg.Admin},
 		{"shutdown", cur.Shutdown, cfg.Shutdown},
 	} {
@@ -94,7 +98,7 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 			restart = append(restart, d.name)
 		}
 	}
-	s.log.Info("configuration reloaded", "applied", "listener certificates and CAs, auth, payload rules, limits, ban thresholds", "need_restart", restart)
+	s.log.Info("configuration reloaded", "applied", "listener certificates and CAs, auth, payload rules, limits, ban thresholds, decoys", "need_restart", restart)
 	return restart, nil
 }
 

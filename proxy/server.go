@@ -47,20 +47,19 @@ type Server struct {
 	listeners []*listener
 	parker    *parker // nil: idle pumps keep their goroutines
 
-	authSem    chan struct{}    // bounds concurrent password hashing (CPU and memory)
-	conns      *ratelimit.Conns // connection limits, checked at accept
-	abuse      *ratelimit.Bans  // denials per address; nil: off
-	decoyBans  *ratelimit.Bans  // addresses that touched a decoy
-	decoyUsers map[string]bool
-	alerts     atomic.Uint64
-	bansAddr   *ratelimit.Bans // failed logins per source address; nil: off
-	bansUser   *ratelimit.Bans // failed logins per username
-	policy     *policy.Engine  // nil in allow_all mode
-	decisions  io.Closer       // the decision log file, if one was opened
-	stdout     io.Writer       // where decision_log.file "stdout" and "stderr" go
-	stderr     io.Writer
-	stopWatch  context.CancelFunc
-	watchDone  chan struct{}
+	authSem   chan struct{}    // bounds concurrent password hashing (CPU and memory)
+	conns     *ratelimit.Conns // connection limits, checked at accept
+	abuse     *ratelimit.Bans  // denials per address; nil: off
+	decoyBans *ratelimit.Bans  // addresses that touched a decoy
+	alerts    atomic.Uint64
+	bansAddr  *ratelimit.Bans // failed logins per source address; nil: off
+	bansUser  *ratelimit.Bans // failed logins per username
+	policy    *policy.Engine  // nil in allow_all mode
+	decisions io.Closer       // the decision log file, if one was opened
+	stdout    io.Writer       // where decision_log.file "stdout" and "stderr" go
+	stderr    io.Writer
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -150,10 +149,12 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Server, error) 
 		return nil, err
 	}
 	lv.payload = pc
-	s.live.Store(lv)
-	if err := s.loadAbuse(); err != nil {
+	if lv.decoys, err = buildDecoys(cfg); err != nil {
 		return nil, err
 	}
+	lv.banFor = cfg.Bans.Duration
+	s.live.Store(lv)
+	s.loadAbuse()
 	// One touch of a decoy bans for the configured ban duration.
 	s.decoyBans = ratelimit.NewBans(1, time.Hour, s.cfg.Bans.Duration, 100_000)
 	if cr := cfg.Upstream.Credentials; cr.Mode == "replace" && cr.PasswordFile != "" {
@@ -603,4 +604,6 @@ type live struct {
 	rates      *ratelimit.Clients
 	rate       config.ClientRate // the budgets' key and action
 	topicRates []ratelimit.TopicRule
+	decoys     *decoys
+	banFor     time.Duration // bans.duration, for the log
 }

@@ -14,8 +14,10 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/config"
 	"github.com/moat-mqtt/moat/internal/devpki"
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 // reloaded is a copy of the running configuration with mutate applied,
@@ -168,5 +170,44 @@ func TestLimitsReload(t *testing.T) {
 			t.Fatalf("a second connection was not closed with limits.connections.max 1: %v", err)
 		}
 		conn.Close()
+	}
+}
+
+// Decoys reload: a topic added as a decoy trips the next client that
+// touches it, without a restart, and one taken out no longer does.
+func TestDecoysReload(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Decoys = config.Decoys{Topics: []string{"old/decoy/#"}}
+	})
+	cfg := reloaded(t, e, func(c *config.Config) {
+		c.Decoys = config.Decoys{Topics: []string{"plant1/safety/override/#"}, Usernames: []string{"admin"}}
+	})
+	if restart, err := e.srv.Reload(cfg); err != nil || len(restart) != 0 {
+		t.Fatalf("reload: %v, restart needed for %v", err, restart)
+	}
+	attacker := mqtttest.DialRawFrom(t, "127.0.0.31", e.plain)
+	attacker.Connect(codec.V5, "scanner", 30)
+	attacker.SendPacket(&codec.Subscribe{PacketID: 1, Subscriptions: []codec.Subscription{{Filter: "plant1/#"}}})
+	attacker.ExpectDisconnect(codec.AdministrativeAction, 5*time.Second)
+
+	canary := mqtttest.DialRawFrom(t, "127.0.0.32", e.plain)
+	canary.V = codec.V311
+	canary.SendPacket(&codec.Connect{Version: codec.V311, CleanStart: true, ClientID: "x", HasUsername: true, Username: "admin", HasPassword: true, Password: []byte("admin")})
+	if a, ok := canary.Expect(5 * time.Second).(*codec.Connack); !ok || a.ReasonCode != codec.ConnRefusedBadCredentials311 {
+		t.Fatalf("canary login after the reload: %+v", a)
+	}
+
+	// The old decoy is gone: touching it is an ordinary publish.
+	ok := mqtttest.DialRawFrom(t, "127.0.0.33", e.plain)
+	ok.Connect(codec.V311, "fine", 30)
+	ok.SendPacket(&codec.Publish{Topic: []byte("old/decoy/x"), QoS: 1, PacketID: 1, Payload: []byte("1")})
+	if _, isAck := ok.Expect(5 * time.Second).(*codec.Ack); !isAck {
+		t.Fatal("a publish to a decoy removed by the reload was not acknowledged")
+	}
+
+	// A decoy topic that is not a valid filter refuses the whole reload.
+	bad := reloaded(t, e, func(c *config.Config) { c.Decoys.Topics = []string{"a/#/b"} })
+	if _, err := e.srv.Reload(bad); err == nil {
+		t.Fatal("a reload with an invalid decoy topic was accepted")
 	}
 }
