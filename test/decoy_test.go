@@ -29,12 +29,7 @@ func TestDecoys(t *testing.T) {
 		t.Fatalf("banned address got %v", got)
 	}
 	// Canary credentials.
-	canary := mqtttest.DialRawFrom(t, "127.0.0.22", e.plain)
-	canary.V = codec.V311
-	canary.SendPacket(&codec.Connect{Version: codec.V311, CleanStart: true, ClientID: "x", HasUsername: true, Username: "admin", HasPassword: true, Password: []byte("admin")})
-	if a, ok := canary.Expect(5 * time.Second).(*codec.Connack); !ok || a.ReasonCode != codec.ConnRefusedBadCredentials311 {
-		t.Fatalf("canary login: %+v", a)
-	}
+	canaryLogin(t, e, "127.0.0.22")
 	late := mqtttest.DialRawFrom(t, "127.0.0.22", e.plain)
 	late.V = codec.V311
 	late.SendPacket(&codec.Connect{Version: codec.V311, CleanStart: true, ClientID: "y"})
@@ -84,5 +79,17 @@ func TestBanAfterDenials(t *testing.T) {
 	again.SendPacket(&codec.Connect{Version: codec.V5, CleanStart: true, ClientID: "prober2"})
 	if got := again.ExpectClosed(5 * time.Second); len(got) != 0 {
 		t.Fatalf("banned address got %v", got)
+	}
+}
+
+// canaryLogin logs in from the address with the decoy username "admin"
+// and expects the refusal a wrong password gets.
+func canaryLogin(t *testing.T, e *env, from string) {
+	t.Helper()
+	canary := mqtttest.DialRawFrom(t, from, e.plain)
+	canary.V = codec.V311
+	canary.SendPacket(&codec.Connect{Version: codec.V311, CleanStart: true, ClientID: "x", HasUsername: true, Username: "admin", HasPassword: true, Password: []byte("admin")})
+	if a, ok := canary.Expect(5 * time.Second).(*codec.Connack); !ok || a.ReasonCode != codec.ConnRefusedBadCredentials311 {
+		t.Fatalf("canary login from %s: %+v", from, a)
 	}
 }
