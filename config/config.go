@@ -790,6 +790,11 @@ func (c *Config) Validate() error {
 		yes := true
 		c.Decoys.Ban = &yes
 	}
+	for i, t := range c.Decoys.Topics {
+		if err := codec.ValidFilter(t); err != nil {
+			bad(fmt.Sprintf("decoys.topics[%d]", i), "%q: %v", t, err)
+		}
+	}
 	for i := range c.Payload.Rules {
 		r := &c.Payload.Rules[i]
 		f := fmt.Sprintf("payload.rules[%d]", i)

@@ -129,6 +129,7 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"huge keep alive", listener + base + "auth: {anonymous: true}\nlimits: {max_keep_alive: 48h}\n", "limits.max_keep_alive"},
 		{"bad ban threshold", listener + base + "auth: {anonymous: true}\nbans: {denials: -7}\n", "bans.denials"},
 		{"unknown decoy key", listener + base + "auth: {anonymous: true}\ndecoys: {topic: [x]}\n", "decoys"},
+		{"bad decoy topic", listener + base + "auth: {anonymous: true}\ndecoys: {topics: [ok/#, a/#/b]}\n", "decoys.topics[1]"},
 		{"huge inflight", listener + base + "auth: {anonymous: true}\nlimits: {max_inflight: 70000}\n", "limits.max_inflight"},
 		{"bad subscription limit", listener + base + "auth: {anonymous: true}\nlimits: {max_subscriptions: -3}\n", "limits.max_subscriptions"},
 		{"topic rate without rate", listener + base + "auth: {anonymous: true}\nlimits: {topic_rates: [{topics: [a/+]}]}\n", "limits.topic_rates[0].publish_per_second"},

@@ -200,8 +200,10 @@ func TestDecoysReload(t *testing.T) {
 		t.Fatal("a publish to a decoy removed by the reload was not acknowledged")
 	}
 
-	// A decoy topic that is not a valid filter refuses the whole reload.
-	bad := reloaded(t, e, func(c *config.Config) { c.Decoys.Topics = []string{"a/#/b"} })
+	// A decoy topic that is not a valid filter refuses the whole reload
+	// (check-config reports it first; the server checks again).
+	bad := reloaded(t, e, nil)
+	bad.Decoys.Topics = []string{"a/#/b"}
 	if _, err := e.srv.Reload(bad); err == nil {
 		t.Fatal("a reload with an invalid decoy topic was accepted")
 	}
