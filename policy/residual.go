@@ -269,15 +269,20 @@ const (
 	opPrefix             // startswith(a, s)
 	opSuffix             // endswith(a, s)
 	opContains           // contains(a, s)
+	opIn                 // a in set (internal.member_2)
 )
 
 type check struct {
 	op   op
+	not  bool // negated: holds when the check does not (it cannot fail, so this is exact)
 	a, b operand
 	s    string
+	set  []value // opIn
 }
 
-func (c *check) holds(r *Request) bool {
+func (c *check) holds(r *Request) bool { return c.eval(r) != c.not }
+
+func (c *check) eval(r *Request) bool {
 	a := c.a.get(r)
 	if a.kind == kUndefined {
 		return false // an undefined operand makes the expression undefined
@@ -301,6 +306,12 @@ func (c *check) holds(r *Request) bool {
 		return strings.HasSuffix(a.s, c.s)
 	case opContains:
 		return strings.Contains(a.s, c.s)
+	case opIn:
+		for _, v := range c.set {
+			if a == v {
+				return true
+			}
+		}
 	}
 	return false
 }
@@ -319,10 +330,18 @@ func compileBody(body ast.Body) ([]check, bool) {
 	return out, true
 }
 
+// compileExpr compiles one expression. A negated one is the check
+// inverted: checks never fail, so "not" of one is exactly its opposite.
 func compileExpr(ex *ast.Expr) (check, bool) {
-	if ex.Negated || len(ex.With) > 0 {
+	if len(ex.With) > 0 {
 		return check{}, false
 	}
+	c, ok := compilePositive(ex)
+	c.not = ex.Negated
+	return c, ok
+}
+
+func compilePositive(ex *ast.Expr) (check, bool) {
 	switch t := ex.Terms.(type) {
 	case *ast.Term:
 		a, ok := compileOperand(t)
@@ -352,6 +371,8 @@ func compileExpr(ex *ast.Expr) (check, bool) {
 			return check{op: o, a: a, b: b}, true
 		case "moat.topic_matches", "moat.filter_covers", "startswith", "endswith", "contains":
 			return compileStringCall(name, args)
+		case "internal.member_2": // x in collection
+			return compileIn(args)
 		case "moat.topic_matches_with", "moat.filter_covers_with":
 			if len(args) != 3 {
 				return check{}, false
@@ -400,6 +421,38 @@ func compileStringCall(name string, args []*ast.Term) (check, bool) {
 		return check{}, false
 	}
 	return check{op: o, a: a, s: string(s)}, true
+}
+
+// compileIn handles "field in {constants}" over a set or an array of
+// scalars.
+func compileIn(args []*ast.Term) (check, bool) {
+	if len(args) != 2 {
+		return check{}, false
+	}
+	a, ok := compileOperand(args[0])
+	if !ok || a.field == fConst {
+		return check{}, false
+	}
+	var elems []*ast.Term
+	switch coll := args[1].Value.(type) {
+	case ast.Set:
+		elems = coll.Slice()
+	case *ast.Array:
+		for i := range coll.Len() {
+			elems = append(elems, coll.Elem(i))
+		}
+	default:
+		return check{}, false
+	}
+	c := check{op: opIn, a: a}
+	for _, el := range elems {
+		o, ok := compileOperand(el)
+		if !ok || o.field != fConst {
+			return check{}, false
+		}
+		c.set = append(c.set, o.c)
+	}
+	return c, true
 }
 
 // compileOperand accepts scalar constants and the per-message input fields.
