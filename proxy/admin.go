@@ -142,17 +142,28 @@ func (s *Server) Ready() error {
 	if s.policy == nil && s.cfg.Policy.Mode != config.ModeAllowAll {
 		return errors.New("no policy loaded")
 	}
+	// Probe at most once a second, every configured broker in failover
+	// order: one that accepts a connection is one new sessions can use.
 	s.readyMu.Lock()
 	defer s.readyMu.Unlock()
 	if time.Since(s.readyAt) > time.Second {
-		conn, err := net.DialTimeout("tcp", s.cfg.Upstream.Address, time.Second)
-		if err == nil {
-			conn.Close()
-			s.readyErr = nil
-		} else {
-			s.readyErr = fmt.Errorf("upstream %s unreachable: %w", s.cfg.Upstream.Address, err)
-		}
+		s.readyErr = s.probeUpstreams()
 		s.readyAt = time.Now()
 	}
 	return s.readyErr
+}
+
+func (s *Server) probeUpstreams() error {
+	var errs []error
+	first := int(s.upPreferred.Load())
+	for i := range s.upstreams {
+		addr := s.upstreams[(first+i)%len(s.upstreams)]
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("upstream %s unreachable: %w", addr, err))
+	}
+	return errors.Join(errs...)
 }

@@ -28,6 +28,10 @@ func TestUpstreamFailoverAndIPv6(t *testing.T) {
 		c.Upstream.DialTimeout = time.Second
 		c.Listeners = append(c.Listeners, config.Listener{Name: "v6", Address: "[::1]:0", Transport: "tcp"})
 	})
+	// Ready: the primary is down, but a fallback takes sessions.
+	if err := e.srv.Ready(); err != nil {
+		t.Fatalf("not ready with a live fallback: %v", err)
+	}
 	addr := e.srv.Addr("v6").String()
 	if !strings.HasPrefix(addr, "[::1]:") {
 		t.Fatalf("v6 listener on %s", addr)
