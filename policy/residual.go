@@ -84,6 +84,9 @@ func residualSafe(c *ast.Compiler) bool {
 // once the connection has missed the cache often enough; nil if there is
 // none (yet).
 func (e *Engine) residualFor(rev *revision, s *Subject, a Action) *residual {
+	if a <= Connect || a >= numActions {
+		return nil // connect is never cached, and nothing else is an action
+	}
 	fs := s.fast.Load()
 	if fs == nil {
 		fs = &fastSet{}
