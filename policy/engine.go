@@ -25,6 +25,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/loader"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/topdown"
 )
@@ -136,6 +137,8 @@ type revision struct {
 	use           inputUse                  // the parts of the input the policy reads
 	partial       rego.PreparedPartialQuery // allow, for residuals
 	residuals     bool                      // allow can be specialised (residualSafe)
+	compiler      *ast.Compiler
+	store         storage.Store
 	cache         *lru.Cache[cacheKey, cached]
 	stamp         string // file names, sizes and times, for the watcher
 }
@@ -241,7 +244,7 @@ func (e *Engine) compile() (*revision, error) {
 		opts := append([]func(*rego.Rego){rego.Query(q), rego.Compiler(compiler), rego.Store(store), rego.StrictBuiltinErrors(true)}, Builtins()...)
 		return rego.New(opts...).PrepareForEval(context.Background())
 	}
-	rev := &revision{id: digest(res), stamp: stamp, use: inputUseOf(compiler)}
+	rev := &revision{id: digest(res), stamp: stamp, use: inputUseOf(compiler), compiler: compiler, store: store}
 	if rev.allow, err = prep(allowQuery); err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
@@ -283,8 +286,7 @@ func (e *Engine) compile() (*revision, error) {
 		// With the cache off every decision is evaluated in full, as
 		// asked; residuals are a cache too.
 		if rev.residuals = residualSafe(compiler); rev.residuals {
-			opts := append([]func(*rego.Rego){rego.Query(residualQuery), rego.Compiler(compiler), rego.Store(store), rego.StrictBuiltinErrors(true)}, Builtins()...)
-			if rev.partial, err = rego.New(opts...).PrepareForPartial(context.Background()); err != nil {
+			if rev.partial, err = preparePartial(rev); err != nil {
 				rev.residuals = false
 			}
 		}

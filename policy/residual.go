@@ -110,10 +110,14 @@ func (e *Engine) residualFor(rev *revision, s *Subject, a Action) *residual {
 	return rs
 }
 
-// specialise partially evaluates the allow rule for s and a.
-func (e *Engine) specialise(rev *revision, s *Subject, a Action) *residual {
+func preparePartial(rev *revision) (rego.PreparedPartialQuery, error) {
+	opts := append([]func(*rego.Rego){rego.Query(residualQuery), rego.Compiler(rev.compiler), rego.Store(rev.store), rego.StrictBuiltinErrors(true)}, Builtins()...)
+	return rego.New(opts...).PrepareForPartial(context.Background())
+}
+
+// partial evaluates allow for s and a with the message unknown.
+func (e *Engine) partial(q rego.PreparedPartialQuery, s *Subject, a Action) (*rego.PartialQueries, error) {
 	growStack(false)
-	rs := &residual{rev: rev}
 	known := ast.NewObject(
 		[2]*ast.Term{kVersion, vVersion},
 		[2]*ast.Term{kAction, vActions[a]},
@@ -122,7 +126,13 @@ func (e *Engine) specialise(rev *revision, s *Subject, a Action) *residual {
 	)
 	b := e.budget()
 	defer b.stop()
-	pq, err := rev.partial.Partial(context.Background(), rego.EvalParsedInput(known), rego.EvalParsedUnknowns(unknowns), rego.EvalExternalCancel(b.cancel))
+	return q.Partial(context.Background(), rego.EvalParsedInput(known), rego.EvalParsedUnknowns(unknowns), rego.EvalExternalCancel(b.cancel))
+}
+
+// specialise partially evaluates the allow rule for s and a.
+func (e *Engine) specialise(rev *revision, s *Subject, a Action) *residual {
+	rs := &residual{rev: rev}
+	pq, err := e.partial(rev.partial, s, a)
 	if err != nil || len(pq.Support) > 0 {
 		return rs
 	}
@@ -135,6 +145,45 @@ func (e *Engine) specialise(rev *revision, s *Subject, a Action) *residual {
 	}
 	rs.ok = true
 	return rs
+}
+
+// Explain shows the rules a busy connection with the subject's client
+// facts would run for action a (`moat policy eval --explain`): the
+// residual queries in Rego, any one of which allows, and why moat would
+// evaluate every request in full instead, or "" if it runs them natively.
+func (e *Engine) Explain(s *Subject, a Action) (queries []string, fallback string, err error) {
+	rev := e.cur.Load()
+	switch {
+	case a <= Connect || a >= numActions:
+		return nil, "connect decisions are evaluated in full, once per connection", nil
+	case !residualSafe(rev.compiler):
+		return nil, "the allow rules must all be `allow if ...` (value true), with no default or a false one", nil
+	}
+	q, err := preparePartial(rev)
+	if err != nil {
+		return nil, "", err
+	}
+	pq, err := e.partial(q, s, a)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, body := range pq.Queries {
+		text := body.String()
+		if len(body) == 0 {
+			text = "true"
+		}
+		queries = append(queries, text)
+		if _, ok := compileBody(body); !ok && fallback == "" {
+			fallback = "moat cannot evaluate `" + text + "` itself"
+		}
+	}
+	if len(pq.Support) > 0 {
+		fallback = "the rules need helper rules OPA could not inline"
+	}
+	if a == Publish && rev.hasInspect && fallback == "" {
+		fallback = "publishes are evaluated in full while the policy defines inspect"
+	}
+	return queries, fallback, nil
 }
 
 // allows reports whether the residual allows r. False means "ask the full

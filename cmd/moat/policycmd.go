@@ -78,6 +78,7 @@ func cmdPolicyEval(args []string, stdout, stderr io.Writer) error {
 	listener := fs.String("listener", "mqtts", "listener name")
 	transport := fs.String("transport", "tls", "tcp, tls, ws or wss")
 	address := fs.String("address", "127.0.0.1", "client address")
+	explain := fs.Bool("explain", false, "also show the specialised rules a busy connection of this client runs for the action, and whether moat evaluates them natively")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -118,7 +119,11 @@ func cmdPolicyEval(args []string, stdout, stderr io.Writer) error {
 				r.Topic, r.Shared, r.ShareGroup = inner, true, g
 			}
 		}
-		d = eng.Decide(policy.NewSubject(0, c), r)
+		subj := policy.NewSubject(0, c)
+		d = eng.Decide(subj, r)
+		if *explain {
+			defer explainRules(stdout, eng, subj, a)
+		}
 	}
 	verdict := "allow"
 	if d.Denied {
@@ -133,4 +138,25 @@ func cmdPolicyEval(args []string, stdout, stderr io.Writer) error {
 		return exitError(1)
 	}
 	return nil
+}
+
+// explainRules prints what `--explain` shows: the rules specialised for
+// the client and action, as a busy connection would run them.
+func explainRules(w io.Writer, eng *policy.Engine, s *policy.Subject, a policy.Action) {
+	queries, fallback, err := eng.Explain(s, a)
+	if err != nil {
+		fmt.Fprintf(w, "specialised rules: error: %v\n", err)
+		return
+	}
+	how := "evaluated by moat natively"
+	if fallback != "" {
+		how = "every request evaluated in full: " + fallback
+	}
+	fmt.Fprintf(w, "specialised rules (%s): %s\n", a, how)
+	if len(queries) == 0 && fallback == "" {
+		fmt.Fprintln(w, "  none: this client may never "+a.String()+"; each request is evaluated in full for its reason")
+	}
+	for _, q := range queries {
+		fmt.Fprintf(w, "  allow if %s\n", q)
+	}
 }

@@ -47,3 +47,23 @@ func TestPolicyEvalCommand(t *testing.T) {
 		t.Fatalf("bad action: %d %s", code, errs)
 	}
 }
+
+// --explain shows the specialised rules, and why a policy falls back.
+func TestPolicyEvalExplain(t *testing.T) {
+	plant := "../../policies/plant"
+	code, out, _ := runCmd("policy", "eval", "--policy", plant, "--action", "publish", "--topic", "sensors/sensor-7/t", "--cn", "sensor-7", "--client-id", "sensor-7", "--explain")
+	if code != 0 || !strings.Contains(out, "specialised rules (publish): evaluated by moat natively") ||
+		!strings.Contains(out, `allow if moat.topic_matches_with("sensors/{id}/#", {"id": "sensor-7"}, input.topic)`) {
+		t.Fatalf("plant sensor: %d %s", code, out)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "p.rego"), []byte("package moat.authz\nimport rego.v1\ndefault allow := false\nallow if count(input.topic_levels) < 3\n"), 0o600)
+	code, out, _ = runCmd("policy", "eval", "--policy", dir, "--action", "receive", "--topic", "a/b", "--explain")
+	if code != 0 || !strings.Contains(out, "every request evaluated in full: moat cannot evaluate") {
+		t.Fatalf("count(): %d %s", code, out)
+	}
+	os.WriteFile(filepath.Join(dir, "p.rego"), []byte("package moat.authz\nimport rego.v1\ndefault allow := true\nallow := false if input.topic == \"x\"\n"), 0o600)
+	if _, out, _ = runCmd("policy", "eval", "--policy", dir, "--action", "receive", "--topic", "a/b", "--explain"); !strings.Contains(out, "the allow rules must all be") {
+		t.Fatalf("default true: %s", out)
+	}
+}
