@@ -335,7 +335,7 @@ func smoke(rev *revision) error {
 		}
 	}
 	if rev.hasLimits {
-		if rs, err := rev.limits.Eval(context.Background(), rego.EvalParsedInput(s.input(&Request{Action: Connect}, rev.use))); err != nil {
+		if rs, err := (budget{}).eval(rev.limits, s.input(&Request{Action: Connect}, rev.use)); err != nil {
 			return fmt.Errorf("policy: smoke evaluation of limits: %w", err)
 		} else if len(rs) == 1 && len(rs[0].Expressions) == 1 {
 			if _, err := parseLimits(rs[0].Expressions[0].Value); err != nil {
@@ -394,7 +394,7 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 	e.misses.Add(1)
 	if cache != nil && rev.residuals {
 		start := monoNow()
-		if rs := e.residualFor(rev, s, r.Action); rs != nil && rs.ok && rs.allows(r) &&
+		if rs := e.residualFor(rev, s, r.Action, start); rs != nil && rs.ok && rs.allows(r) &&
 			(r.Action != Publish || (!rev.hasInspect && !strings.HasPrefix(r.Topic, "$"))) {
 			e.specialised.Add(1)
 			if e.opts.OnEval != nil {

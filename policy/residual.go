@@ -82,8 +82,8 @@ func residualSafe(c *ast.Compiler) bool {
 
 // residualFor returns the connection's residual for action a, building it
 // once the connection has missed the cache often enough; nil if there is
-// none (yet).
-func (e *Engine) residualFor(rev *revision, s *Subject, a Action) *residual {
+// none (yet). now is the caller's monoNow.
+func (e *Engine) residualFor(rev *revision, s *Subject, a Action, now int64) *residual {
 	if a <= Connect || a >= numActions {
 		return nil // connect is never cached, and nothing else is an action
 	}
@@ -96,7 +96,6 @@ func (e *Engine) residualFor(rev *revision, s *Subject, a Action) *residual {
 			}
 		}
 	}
-	now := monoNow()
 	if rs := fs.res[a].Load(); rs != nil && rs.rev == rev && now < rs.expires {
 		return rs
 	}
