@@ -36,6 +36,8 @@ type options struct {
 	policy  string
 	version int
 	only    *regexp.Regexp
+	paths   *regexp.Regexp
+	compare string // a second moat binary, run side by side as cmp-tls and cmp-tcp
 }
 
 func main() {
@@ -49,11 +51,17 @@ func main() {
 	var env stringList
 	flag.Var(&env, "moat-env", "NAME=VALUE added to moat's environment (repeatable), e.g. GOMAXPROCS=1")
 	only := flag.String("run", "", "only measurements whose name matches this regular expression (e.g. 'idle|QoS 1 64')")
+	flag.StringVar(&o.compare, "compare", "", "a second moat binary (e.g. built from an earlier commit) measured in the same run as paths cmp-tls and cmp-tcp")
+	paths := flag.String("paths", "", "only paths whose name matches this regular expression (e.g. 'moat-tls' while profiling)")
 	flag.Parse()
 	moatEnv = env
 	var err error
 	if o.only, err = regexp.Compile(*only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: -run:", err)
+		os.Exit(2)
+	}
+	if o.paths, err = regexp.Compile(*paths); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -paths:", err)
 		os.Exit(2)
 	}
 	if err := run(o); err != nil {
@@ -101,12 +109,13 @@ type setup struct {
 	brokerAd string
 	haproxy  *proc
 	moat     *proc
+	cmp      *proc // -compare's moat, if any
 	paths    []*path
 	policy   string // moat's policy section, YAML
 }
 
 func (s *setup) close() {
-	for _, p := range []*proc{s.moat, s.haproxy, s.broker} {
+	for _, p := range []*proc{s.cmp, s.moat, s.haproxy, s.broker} {
 		if p != nil {
 			p.stop()
 		}
@@ -134,7 +143,7 @@ func run(o options) error {
 	if o.smoke {
 		o.reps = 1
 	}
-	s, err := start(o.policy)
+	s, err := start(o.policy, o.compare)
 	if err != nil {
 		return err
 	}
@@ -149,7 +158,7 @@ func run(o options) error {
 				continue
 			}
 			for _, p := range s.paths {
-				if scn.skip != nil && scn.skip(p) {
+				if !o.paths.MatchString(p.name) || scn.skip != nil && scn.skip(p) {
 					continue
 				}
 				smp, err := scn.run(p, v)
@@ -157,7 +166,7 @@ func run(o options) error {
 					return fmt.Errorf("%s via %s: %w", scn.name, p.name, err)
 				}
 				r.add(scn.name, p.name, smp)
-				fmt.Fprintf(os.Stderr, "rep %d %-32s %-12s %12.1f %s\n", rep+1, scn.name, p.name, smp.value, smp.note)
+				fmt.Fprintf(os.Stderr, "rep %d %-32s %-12s %12.1f %8.2f µs/op %s\n", rep+1, scn.name, p.name, smp.value, smp.cpuPerOp, smp.note)
 			}
 		}
 	}
@@ -170,10 +179,11 @@ func run(o options) error {
 		}
 	}
 	r.elapsed = time.Since(started)
+	r.summary(os.Stderr, s.paths)
 	return r.write(o)
 }
 
-func start(policy string) (*setup, error) {
+func start(policy, compare string) (*setup, error) {
 	dir, err := os.MkdirTemp("", "moat-bench-")
 	if err != nil {
 		return nil, err
@@ -218,6 +228,19 @@ func start(policy string) (*setup, error) {
 		{name: "moat-tls", addr: mTLS, tls: s.clientTLS(), proc: s.moat, broker: s.broker},
 		{name: "haproxy-tcp", addr: hPlain, proc: s.haproxy, broker: s.broker},
 		{name: "moat-tcp", addr: mPlain, proc: s.moat, broker: s.broker},
+	}
+	if compare != "" {
+		// Right after moat-tls/moat-tcp, so the two builds meet the same
+		// machine conditions in every repetition.
+		cp := freePorts(2)
+		if s.cmp, err = startMoat(dir, compare, s.cert, s.key, s.brokerAd, cp[0], cp[1], s.policy); err != nil {
+			s.close()
+			return nil, err
+		}
+		s.paths = []*path{s.paths[0], s.paths[1], s.paths[2],
+			{name: "cmp-tls", addr: cp[0], tls: s.clientTLS(), proc: s.cmp, broker: s.broker},
+			s.paths[3], s.paths[4],
+			{name: "cmp-tcp", addr: cp[1], proc: s.cmp, broker: s.broker}}
 	}
 	return s, nil
 }

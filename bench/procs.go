@@ -233,11 +233,18 @@ shutdown: {drain_timeout: 2s}
 admin: {address: "off"}
 log: {level: warn, format: text}
 `, tlsAddr, certFile, keyFile, plainAddr, upstream, policy)
-	path := filepath.Join(dir, "moat.yaml")
-	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+	f, err := os.CreateTemp(dir, "moat-*.yaml") // one per moat: -compare runs two
+	if err != nil {
 		return nil, err
 	}
-	p, err := startProcEnv("moat", bin, []string{"run", "--config", path}, tlsAddr, moatEnv)
+	_, err = f.WriteString(conf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	p, err := startProcEnv("moat", bin, []string{"run", "--config", f.Name()}, tlsAddr, moatEnv)
 	return p, err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -86,6 +87,21 @@ func ratio(a, b stat, okA, okB bool) string {
 		return "—"
 	}
 	return fmt.Sprintf("%.2f", a.med/b.med)
+}
+
+// summary prints each scenario's medians for every path that ran, the
+// -compare paths included (the markdown tables have fixed columns).
+func (r *results) summary(w io.Writer, paths []*path) {
+	for _, scn := range r.order {
+		for _, p := range paths {
+			v, ok := r.values(scn, p.name, value)
+			if !ok {
+				continue
+			}
+			c, _ := r.values(scn, p.name, cpuOp)
+			fmt.Fprintf(w, "median %-36s %-12s %12s  cpu/op %s µs\n", scn, p.name, fmtStat(v, true), fmtStat(c, true))
+		}
+	}
 }
 
 // goroutinesPerConn counts goroutines per idle connection in process.
