@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 )
@@ -38,6 +40,14 @@ type waitConn struct {
 	// Results of the last raw read, set inside the RawConn callback.
 	n   int
 	err error
+
+	// Writes: one at a time (the peerWriter's lock, or crypto/tls's, is
+	// usually held already; this one guards the callback's fields).
+	wmu     sync.Mutex
+	writeFn func(fd uintptr) bool
+	wb      []byte // still to write
+	wn      int
+	werr    error
 }
 
 const waitBufSize = 16 << 10
@@ -56,7 +66,7 @@ func newWaitConn(c net.Conn, records bool) net.Conn {
 		return c
 	}
 	wc := &waitConn{Conn: c, raw: raw, records: records}
-	wc.readFn, wc.tryFn = wc.readCallback, wc.tryCallback
+	wc.readFn, wc.tryFn, wc.writeFn = wc.readCallback, wc.tryCallback, wc.writeCallback
 	return wc
 }
 
@@ -76,7 +86,7 @@ func (c *waitConn) readCallback(fd uintptr) bool {
 		c.buf = (*c.bufp)[:waitBufSize]
 		c.r, c.w = 0, 0
 	}
-	n, err := syscall.Read(int(fd), c.buf[c.w:])
+	n, err := rawRead(int(fd), c.buf[c.w:])
 	if err == syscall.EAGAIN {
 		if c.w == c.r {
 			c.releaseLocked() // park with no buffer
@@ -227,6 +237,49 @@ func (c *waitConn) releaseLocked() {
 
 // Release returns the buffer, for a connection that ends.
 func (c *waitConn) Release() { c.releaseLocked() }
+
+// Write writes all of b through the RawConn, waiting in the netpoller while
+// the socket's send buffer is full; the write deadline applies as it does
+// to net.Conn.Write.
+func (c *waitConn) Write(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wb, c.wn, c.werr = b, 0, nil
+	err := c.raw.Write(c.writeFn)
+	n := c.wn
+	if err == nil {
+		err = c.werr
+	}
+	c.wb = nil // keep no reference to the caller's buffer
+	if err != nil {
+		if errno := syscall.Errno(0); errors.As(err, &errno) {
+			err = os.NewSyscallError("write", errno)
+		}
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return n, nil
+}
+
+// writeCallback writes what is left of wb; false waits for writability.
+func (c *waitConn) writeCallback(fd uintptr) bool {
+	for c.wn < len(c.wb) {
+		n, err := rawWrite(int(fd), c.wb[c.wn:])
+		switch err {
+		case nil:
+			c.wn += n
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werr = err
+			return true
+		}
+	}
+	return true
+}
 
 // CloseWrite half-closes the socket underneath.
 func (c *waitConn) CloseWrite() error {

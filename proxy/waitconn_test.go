@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -182,6 +185,95 @@ func FuzzRecordSplit(f *testing.F) {
 		}
 		if !bytes.Equal(got, stream) {
 			t.Fatal("bytes changed")
+		}
+	})
+}
+
+// TestWaitConnWrite: writes through the raw socket deliver every byte in
+// order, wait while the peer's window is full, and end with the errors
+// net.Conn.Write gives: a deadline, a closed connection, a reset peer.
+func TestWaitConnWrite(t *testing.T) {
+	t.Run("large and concurrent", func(t *testing.T) {
+		client, server := tcpPair(t)
+		wc := newWaitConn(server, false).(*waitConn)
+		// 4 writers x 64 x 16 KiB is far more than the socket buffers
+		// hold, so writes hit EAGAIN and wait for the reader.
+		const writers, n, size = 4, 64, 16 << 10
+		errs := make(chan error, writers)
+		for w := 0; w < writers; w++ {
+			go func(w int) {
+				chunk := bytes.Repeat([]byte{byte('a' + w)}, size)
+				for i := 0; i < n; i++ {
+					if k, err := wc.Write(chunk); err != nil || k != size {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}(w)
+		}
+		time.Sleep(50 * time.Millisecond) // let the buffers fill
+		got := make([]byte, writers*n*size)
+		if _, err := io.ReadFull(client, got); err != nil {
+			t.Fatal(err)
+		}
+		for w := 0; w < writers; w++ {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Each Write is whole: the stream is runs of 16 KiB of one writer.
+		counts := map[byte]int{}
+		for off := 0; off < len(got); off += size {
+			c := got[off]
+			if !bytes.Equal(got[off:off+size], bytes.Repeat([]byte{c}, size)) {
+				t.Fatalf("write at offset %d interleaved with another", off)
+			}
+			counts[c]++
+		}
+		for w := 0; w < writers; w++ {
+			if counts[byte('a'+w)] != n {
+				t.Fatalf("writer %d: %d chunks arrived, want %d", w, counts[byte('a'+w)], n)
+			}
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		_, server := tcpPair(t) // the peer never reads
+		wc := newWaitConn(server, false)
+		wc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		chunk := make([]byte, 1<<20)
+		var err error
+		for i := 0; i < 64 && err == nil; i++ {
+			_, err = wc.Write(chunk)
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("write to a peer that does not read: %v, want a deadline error", err)
+		}
+		var op *net.OpError
+		if !errors.As(err, &op) || op.Op != "write" {
+			t.Fatalf("error %v is not a *net.OpError for write", err)
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		_, server := tcpPair(t)
+		wc := newWaitConn(server, false)
+		wc.Close()
+		if _, err := wc.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("write after Close: %v, want net.ErrClosed", err)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		client, server := tcpPair(t)
+		client.(*net.TCPConn).SetLinger(0)
+		client.Close() // RST
+		wc := newWaitConn(server, false)
+		var err error
+		for i := 0; i < 100 && err == nil; i++ {
+			_, err = wc.Write([]byte("after the peer reset"))
+			time.Sleep(time.Millisecond)
+		}
+		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+			t.Fatalf("write to a reset peer: %v, want ECONNRESET or EPIPE", err)
 		}
 	})
 }
