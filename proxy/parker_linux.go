@@ -18,6 +18,8 @@ import (
 // So an idle connection costs its buffers-free state and no stacks.
 type parker struct {
 	epfd   int
+	ep     *os.File        // epfd, registered with Go's netpoller
+	epRaw  syscall.RawConn // waits for epfd's readiness in the netpoller
 	wakeR  int // pipe read end, registered under wakeID: closing the parker
 	wakeW  int
 	mu     sync.Mutex
@@ -55,6 +57,22 @@ func newParker() (*parker, error) {
 		p.closeFDs()
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
+	// The loop waits for the epoll instance itself to become readable in
+	// Go's netpoller, not in a blocking epoll_wait: a goroutine blocked in
+	// a system call keeps its P in the syscall state, so every wake-up of
+	// the loop took a P from the pumps until sysmon handed it back, and
+	// woke sysmon from its sleep on the way in.
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		p.closeFDs()
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	p.ep = os.NewFile(uintptr(epfd), "parker-epoll")
+	raw, err := p.ep.SyscallConn()
+	if err != nil {
+		p.closeFDs()
+		return nil, err
+	}
+	p.epRaw = raw
 	go p.loop()
 	return p, nil
 }
@@ -146,12 +164,23 @@ func (p *parker) unpark(slot *atomic.Uint64) {
 func (p *parker) loop() {
 	defer close(p.done)
 	events := make([]syscall.EpollEvent, 128)
-	for {
-		n, err := syscall.EpollWait(p.epfd, events, -1)
-		if err == syscall.EINTR {
-			continue
+	var n int
+	var werr error
+	// Non-blocking epoll_wait; an empty answer waits in the netpoller for
+	// epfd to become readable. Calling it first after every wake-up keeps
+	// an event that arrived in between from being missed.
+	collect := func(fd uintptr) bool {
+		n, werr = epollWaitNow(int(fd), events)
+		for werr == syscall.EINTR {
+			n, werr = epollWaitNow(int(fd), events)
 		}
-		if err != nil {
+		return n > 0 || werr != nil
+	}
+	for {
+		if err := p.epRaw.Read(collect); err != nil {
+			return
+		}
+		if werr != nil {
 			return
 		}
 		for i := 0; i < n; i++ {
@@ -189,5 +218,19 @@ func (p *parker) close() {
 func (p *parker) closeFDs() {
 	syscall.Close(p.wakeR)
 	syscall.Close(p.wakeW)
+	if p.ep != nil {
+		p.ep.Close() // closes epfd, after taking it out of the netpoller
+		return
+	}
 	syscall.Close(p.epfd)
+}
+
+// epollWaitNow is epoll_wait with a zero timeout. It never blocks, so it
+// is made without telling the scheduler (see rawRead).
+func epollWaitNow(epfd int, events []syscall.EpollEvent) (int, error) {
+	n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }

@@ -87,13 +87,13 @@ func (c *waitConn) readCallback(fd uintptr) bool {
 		c.r, c.w = 0, 0
 	}
 	n, err := rawRead(int(fd), c.buf[c.w:])
+	for err == syscall.EINTR {
+		n, err = rawRead(int(fd), c.buf[c.w:])
+	}
 	if err == syscall.EAGAIN {
 		if c.w == c.r {
 			c.releaseLocked() // park with no buffer
 		}
-		return false
-	}
-	if err == syscall.EINTR {
 		return false
 	}
 	c.n, c.err = n, err
