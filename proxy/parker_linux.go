@@ -20,7 +20,7 @@ type parker struct {
 	epfd   int
 	ep     *os.File        // epfd, registered with Go's netpoller
 	epRaw  syscall.RawConn // waits for epfd's readiness in the netpoller
-	wakeR  int // pipe read end, registered under wakeID: closing the parker
+	wakeR  int             // pipe read end, registered under wakeID: closing the parker
 	wakeW  int
 	mu     sync.Mutex
 	parked map[uint64]*parkEntry
