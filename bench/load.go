@@ -71,9 +71,13 @@ func perOp(d time.Duration, n int) float64 {
 }
 
 // latency is the open-loop test: one publisher sends QoS 0 messages on a
-// fixed schedule, one subscriber receives them through the same path;
-// latency runs from each message's scheduled time, so a stalled sender
-// cannot hide delay (no coordinated omission).
+// fixed schedule, one subscriber receives them through the same path.
+// Each message carries its scheduled time and the time it was written.
+// The path's latency runs from the write: the generator's own lateness
+// (Go timers wake the sender up to a millisecond late, the same for every
+// path) is not the path's. Latency from the scheduled time is kept too, so
+// a path that pushed back on the sender cannot hide it (no coordinated
+// omission).
 func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResult, error) {
 	topic := fmt.Sprintf("sensors/sensor-lat/%s-%d", p.name, time.Now().UnixNano())
 	sub, err := loadgen.Dial(p.addr, p.tls, "dashboard-lat", v)
@@ -92,6 +96,7 @@ func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResu
 
 	n := int(float64(rate) * dur.Seconds())
 	lat := make([]time.Duration, 0, n)
+	fromSched := make([]time.Duration, 0, n)
 	start := time.Now()
 	recvDone := make(chan struct{})
 	go func() {
@@ -103,11 +108,14 @@ func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResu
 			if err != nil {
 				return
 			}
-			if f.Type != codec.PUBLISH || codec.DecodePublish(&pkt, f, v) != nil || len(pkt.Payload) < 8 {
+			if f.Type != codec.PUBLISH || codec.DecodePublish(&pkt, f, v) != nil || len(pkt.Payload) < 16 {
 				continue
 			}
+			now := time.Since(start)
 			sched := time.Duration(binary.BigEndian.Uint64(pkt.Payload))
-			lat = append(lat, time.Since(start)-sched)
+			sent := time.Duration(binary.BigEndian.Uint64(pkt.Payload[8:]))
+			lat = append(lat, now-sent)
+			fromSched = append(fromSched, now-sched)
 		}
 	}()
 	msg := &codec.Publish{Topic: []byte(topic), Payload: make([]byte, 64)}
@@ -118,16 +126,20 @@ func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResu
 			time.Sleep(d)
 		}
 		binary.BigEndian.PutUint64(msg.Payload, uint64(sched))
+		binary.BigEndian.PutUint64(msg.Payload[8:], uint64(time.Since(start)))
 		if err := pub.Send(msg, true); err != nil {
 			return latencyResult{}, err
 		}
 	}
 	<-recvDone
-	return summarize(lat, n), nil
+	l := summarize(lat, n)
+	l.schedP99 = summarize(fromSched, n).p99
+	return l, nil
 }
 
 type latencyResult struct {
-	p50, p99, p999 time.Duration
+	p50, p99, p999 time.Duration // from the write
+	schedP99       time.Duration // from the scheduled time
 	lost           int
 }
 
