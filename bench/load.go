@@ -31,7 +31,7 @@ func throughput(p *path, v codec.Version, l loadgen.Load, pubs int, denied bool)
 		defer c.Disconnect()
 		clients[i] = c
 	}
-	cpu0, bcpu0 := p.cpu(), p.brokerCPU()
+	cpu0, bcpu0, user0 := p.cpu(), p.brokerCPU(), p.userCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, pubs)
@@ -56,11 +56,15 @@ func throughput(p *path, v codec.Version, l loadgen.Load, pubs int, denied bool)
 		return sample{}, err
 	}
 	msgs := pubs * l.N
-	return sample{
+	smp := sample{
 		value:    float64(msgs) / elapsed.Seconds(),
 		cpuPerOp: perOp(p.cpu()-cpu0, msgs),
 		brokerOp: perOp(p.brokerCPU()-bcpu0, msgs),
-	}, nil
+	}
+	if p.proc != nil {
+		smp.note = fmt.Sprintf("user %.2f µs/op", perOp(p.userCPU()-user0, msgs))
+	}
+	return smp, nil
 }
 
 func perOp(d time.Duration, n int) float64 {

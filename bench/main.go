@@ -88,6 +88,15 @@ func (p *path) cpu() time.Duration {
 
 func (p *path) brokerCPU() time.Duration { return cpuTime(p.broker.pid()) }
 
+// userCPU is the proxy's user-space share of cpu.
+func (p *path) userCPU() time.Duration {
+	if p.proc == nil {
+		return 0
+	}
+	user, _ := cpuTimes(p.proc.pid())
+	return user
+}
+
 // sample is one measurement: a rate (or other value) and, for proxies, the
 // proxy's CPU microseconds per operation.
 type sample struct {

@@ -78,16 +78,22 @@ func (p *proc) stop() {
 // cpuTime is the user+system CPU time the process has used so far, all
 // threads included (/proc/PID/stat fields 14 and 15).
 func cpuTime(pid int) time.Duration {
+	user, sys := cpuTimes(pid)
+	return user + sys
+}
+
+// cpuTimes is a process's user and system CPU time.
+func cpuTimes(pid int) (user, sys time.Duration) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	s := string(b)
 	// The command name may hold spaces; fields start after its ')'.
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * time.Second / clockTicks
+	return time.Duration(utime) * time.Second / clockTicks, time.Duration(stime) * time.Second / clockTicks
 }
 
 // clockTicks is USER_HZ, 100 on Linux.
