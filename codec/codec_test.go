@@ -460,6 +460,41 @@ func TestReaderChunking(t *testing.T) {
 	}
 }
 
+// TestReaderShortReadsUnpooled: packets that arrive whole in one short
+// read (acks, CONNACK, DISCONNECT) are framed from the inline array
+// without a pooled buffer; a read that fills the array moves to one.
+func TestReaderShortReadsUnpooled(t *testing.T) {
+	puback := []byte{0x40, 0x02, 0x00, 0x07}
+	pr, pw := io.Pipe()
+	r := NewReader(pr, 0)
+	go func() {
+		pw.Write(append(append([]byte{}, puback...), puback...)) // two in one read
+		pw.Write(bytes.Repeat(puback, 40))                       // a burst: 160 bytes
+		pw.Close()
+	}()
+	for i := 0; i < 2; i++ {
+		f, err := r.ReadPacket()
+		if err != nil || !bytes.Equal(f.Bytes, puback) {
+			t.Fatalf("packet %d: % x, %v", i, f.Bytes, err)
+		}
+		if r.bufp != nil {
+			t.Fatalf("packet %d of a short read took a pooled buffer", i)
+		}
+	}
+	for i := 0; i < 40; i++ {
+		f, err := r.ReadPacket()
+		if err != nil || !bytes.Equal(f.Bytes, puback) {
+			t.Fatalf("burst packet %d: % x, %v", i, f.Bytes, err)
+		}
+		if i == 0 && r.bufp == nil {
+			t.Fatal("a read that filled the inline array did not move to a pooled buffer")
+		}
+	}
+	if _, err := r.ReadPacket(); err != io.EOF {
+		t.Fatalf("after the burst: %v, want EOF", err)
+	}
+}
+
 func rawList() [][]byte {
 	var out [][]byte
 	for _, fx := range fixtures {

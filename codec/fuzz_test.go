@@ -3,6 +3,7 @@ package codec
 import (
 	"bytes"
 	"errors"
+	"io"
 	"reflect"
 	"testing"
 	"testing/iotest"
@@ -220,6 +221,58 @@ func FuzzProperties(f *testing.F) {
 		normalize(reflect.ValueOf(&q))
 		if !reflect.DeepEqual(p, q) {
 			t.Fatalf("round trip changed properties\n was %+v\n now %+v", p, q)
+		}
+	})
+}
+
+// chunkReader hands out data in reads of the sizes it cycles through, so
+// the Reader sees short reads, reads that fill its inline array exactly and
+// large ones.
+type chunkReader struct {
+	data  []byte
+	sizes []int
+	i     int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), len(c.data), c.sizes[c.i%len(c.sizes)])
+	c.i++
+	n = copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// FuzzReaderChunking: how the stream is cut into reads must not change
+// what is framed. A reader fed one byte at a time and one fed in chunks
+// chosen by the input (around the inline array's size, and far above it)
+// return the same frames and fail at the same packet.
+func FuzzReaderChunking(f *testing.F) {
+	addSeeds(f)
+	f.Fuzz(func(t *testing.T, level byte, data []byte) {
+		sizes := []int{int(level)%70 + 1, smallRead, smallRead - 1, int(level) * 67 % 20000, 3}
+		for i := range sizes {
+			sizes[i] = max(sizes[i], 1)
+		}
+		a := NewReader(iotest.OneByteReader(bytes.NewReader(data)), 4096)
+		b := NewReader(&chunkReader{data: data, sizes: sizes}, 4096)
+		a.SkipOversizePublish(level&4 != 0)
+		b.SkipOversizePublish(level&4 != 0)
+		for i := 0; i < 64; i++ {
+			fa, ea := a.ReadPacket()
+			fb, eb := b.ReadPacket()
+			if (ea == nil) != (eb == nil) {
+				t.Fatalf("packet %d: one-byte reads: %v; chunked reads %v: %v", i, ea, sizes, eb)
+			}
+			if ea != nil {
+				return
+			}
+			if fa.Type != fb.Type || fa.Flags != fb.Flags || !bytes.Equal(fa.Bytes, fb.Bytes) || !bytes.Equal(fa.Body, fb.Body) ||
+				fa.Skipped != fb.Skipped || fa.SkippedID != fb.SkippedID {
+				t.Fatalf("packet %d differs: one-byte reads %+v, chunked reads %v %+v", i, fa, sizes, fb)
+			}
 		}
 	})
 }

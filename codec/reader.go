@@ -31,14 +31,16 @@ type Frame struct {
 //
 // Its read buffer comes from a shared pool while data flows and goes back
 // when everything read has been handed out: an idle connection blocks in
-// Read on a small inline array and holds no buffer. Reads are batched: one
+// Read on a small inline array and holds no buffer, and a short read into
+// that array (a lone ack, CONNECT, DISCONNECT) is framed from it without
+// taking one. Reads are batched: one
 // Read may bring many packets, and frames are views into the buffer (no
 // copy) when a packet fits in it.
 type Reader struct {
 	src   io.Reader
 	max   int
-	buf   []byte  // pooled while data flows; nil when idle
-	bufp  *[]byte // what the pool handed out for buf
+	buf   []byte  // small after a short read, pooled while data flows; nil when idle
+	bufp  *[]byte // what the pool handed out for buf; nil while buf is small
 	r, w  int     // unread bytes are buf[r:w]
 	big   []byte  // a packet larger than the pooled buffer
 	bigp  *[]byte // the pool's pointer, if big came from it
@@ -98,11 +100,11 @@ func (r *Reader) Buffered() int { return r.w - r.r }
 func (r *Reader) Release() {
 	// The pools hold the *[]byte they handed out: putting back a fresh
 	// pointer would allocate on every release.
-	if r.buf != nil {
+	if r.bufp != nil {
 		*r.bufp = r.buf[:cap(r.buf)]
 		bufPool.Put(r.bufp)
-		r.buf, r.bufp, r.r, r.w = nil, nil, 0, 0
 	}
+	r.buf, r.bufp, r.r, r.w = nil, nil, 0, 0
 	if r.bigp != nil && cap(r.big) == eagerBody {
 		*r.bigp = r.big[:0]
 		bigPool.Put(r.bigp)
@@ -113,20 +115,25 @@ func (r *Reader) Release() {
 // fill reads once from src into the buffer.
 func (r *Reader) fill() error {
 	if r.buf == nil {
-		// Idle: block on the inline array, take a pooled buffer only
-		// when bytes arrive.
+		// Idle: block on the inline array. A short read (CONNECT, CONNACK,
+		// acks, DISCONNECT, a small PUBLISH) is served from it as it is; a
+		// read that filled it is a burst and continues in a pooled buffer.
 		n, err := r.src.Read(r.small[:])
 		r.full = n == len(r.small)
 		if n > 0 {
-			r.bufp = bufPool.Get().(*[]byte)
-			r.buf = (*r.bufp)[:PoolBufSize]
-			r.r, r.w = 0, copy(r.buf, r.small[:n])
+			r.buf, r.r, r.w = r.small[:], 0, n
+			if r.full {
+				r.pooled()
+			}
 			return nil
 		}
 		if err == nil {
 			err = io.ErrNoProgress
 		}
 		return err
+	}
+	if r.bufp == nil {
+		r.pooled() // more bytes after a short read: move to a pooled buffer
 	}
 	if r.w == len(r.buf) {
 		// Make room: move the unread bytes to the front.
@@ -143,6 +150,14 @@ func (r *Reader) fill() error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// pooled moves the unread bytes from the inline array to a pooled buffer.
+func (r *Reader) pooled() {
+	r.bufp = bufPool.Get().(*[]byte)
+	buf := (*r.bufp)[:PoolBufSize]
+	r.r, r.w = 0, copy(buf, r.buf[r.r:r.w])
+	r.buf = buf
 }
 
 // ensure makes at least n bytes (n <= PoolBufSize) available unread.
