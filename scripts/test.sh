@@ -30,8 +30,11 @@ go test -race -count=1 -timeout 20m ./...
 echo "== allocation counts (without the race detector, which allocates)"
 go test -count=1 -run 'AllocatesNothing|NoAlloc' ./proxy ./codec
 
-echo "== load harness smoke run (bench/, seconds)"
-go run ./bench -smoke > /dev/null
+echo "== load harness smoke run (bench/, seconds; -compare with a second build)"
+cmpdir="$(mktemp -d)"
+go build -o "$cmpdir/moat" ./cmd/moat
+go run ./bench -smoke -compare "$cmpdir/moat" > /dev/null
+rm -rf "$cmpdir"
 
 echo "== fuzz ($FUZZTIME per target)"
 for pkg in $(go list ./...); do
