@@ -2,11 +2,20 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/moat-mqtt/moat/codec"
+	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/internal/devpki"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
@@ -102,4 +111,115 @@ func readFull(c net.Conn, b []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// batchConn holds what crypto/tls writes until flush, so that one TCP
+// write carries several TLS records.
+type batchConn struct {
+	net.Conn
+	mu   sync.Mutex
+	hold bool
+	buf  []byte
+}
+
+func (c *batchConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hold {
+		c.buf = append(c.buf, b...)
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *batchConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hold = false
+	_, err := c.Conn.Write(c.buf)
+	c.buf = nil
+	return err
+}
+
+// countingConn counts moat's writes to the broker. It hides the socket
+// (no syscall.Conn), so moat writes through its Write.
+type countingConn struct {
+	net.Conn
+	writes, bytes atomic.Int64
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	c.bytes.Add(int64(len(b)))
+	return c.Conn.Write(b)
+}
+
+// TestRecordsCoalesced: packets that arrive in one read, each in its own
+// TLS record (how most clients send), reach the broker in one write, not
+// one write per record.
+func TestRecordsCoalesced(t *testing.T) {
+	broker := mqtttest.Start(t, "")
+	dir := t.TempDir()
+	if _, err := devpki.Ensure(dir); err != nil {
+		t.Fatal(err)
+	}
+	var up atomic.Pointer[countingConn]
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Name: "mqtts", Address: "127.0.0.1:0", Transport: "tls",
+			TLS: &config.ServerTLS{CertFile: filepath.Join(dir, devpki.ServerCert), KeyFile: filepath.Join(dir, devpki.ServerKey), ClientAuth: "none"}}},
+		Upstream: config.Upstream{Address: broker.Addr, DialTimeout: time.Second},
+		Auth:     config.Auth{Anonymous: true},
+		Policy:   &config.Policy{Mode: config.ModeAllowAll},
+		Limits:   config.Limits{ConnectTimeout: 2 * time.Second},
+		Shutdown: config.Shutdown{DrainTimeout: time.Second},
+	}
+	srv := startTestServer(t, cfg, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		cc := &countingConn{Conn: c}
+		up.Store(cc)
+		return cc, nil
+	})
+	pem, err := os.ReadFile(filepath.Join(dir, devpki.CACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	tcp, err := net.Dial("tcp", srv.Addr("mqtts").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := &batchConn{Conn: tcp}
+	c := mqtttest.NewRaw(t, tls.Client(bc, &tls.Config{RootCAs: pool, ServerName: "localhost"}))
+	c.Connect(codec.V311, "records", 30)
+	cc := up.Load()
+	writes0, bytes0 := cc.writes.Load(), cc.bytes.Load()
+
+	const n = 10
+	var want int64
+	bc.mu.Lock()
+	bc.hold = true
+	bc.mu.Unlock()
+	for i := range n {
+		p := &codec.Publish{Topic: []byte("records/t"), Payload: []byte{byte(i)}}
+		b, _ := p.Append(nil, codec.V311)
+		want += int64(len(b))
+		c.Send(b) // one tls.Conn.Write: one record
+	}
+	if err := bc.flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for cc.bytes.Load()-bytes0 < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broker got %d of %d bytes", cc.bytes.Load()-bytes0, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := cc.writes.Load() - writes0; got != 1 {
+		t.Fatalf("%d PUBLISHes in %d TLS records of one read reached the broker in %d writes, want 1", n, n, got)
+	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -25,6 +26,12 @@ func newTestServer(t *testing.T, upstream string, mutate func(*config.Config)) *
 	if mutate != nil {
 		mutate(cfg)
 	}
+	return startTestServer(t, cfg, nil)
+}
+
+// startTestServer starts cfg; dial, when not nil, replaces the broker dial.
+func startTestServer(t *testing.T, cfg *config.Config, dial func(context.Context, string, string) (net.Conn, error)) *Server {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -32,6 +39,7 @@ func newTestServer(t *testing.T, upstream string, mutate func(*config.Config)) *
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.dial = dial
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -287,13 +287,20 @@ func (p brokerToClient) dropOversize(f codec.Frame) bool {
 	return p.ackDropped(qos, f.SkippedID) && s.relay(nil, s.ur, s.cw, false)
 }
 
-// relay finishes one packet: out goes to w, flushed once r has nothing
-// more buffered; nil out means moat answered the packet itself, and then
-// only what earlier packets queued is flushed, so it does not wait.
-// toBroker says whose writer w is, for the error. It reports whether the
-// pump goes on.
+// relay finishes one packet: out goes to w, flushed once nothing more read
+// from the same peer is waiting in moat; nil out means moat answered the
+// packet itself, and then only what earlier packets queued is flushed, so
+// it does not wait. toBroker says whose writer w is, for the error. It
+// reports whether the pump goes on.
 func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker bool) bool {
-	last := r.Buffered() == 0
+	// Under TLS the Reader sees one record at a time while more records of
+	// the same read wait in the waitConn: a client that sends each packet
+	// in its own record (most do) would otherwise cost one write per packet.
+	src := s.uwc
+	if r == s.cr {
+		src = s.cwc
+	}
+	last := r.Buffered() == 0 && (src == nil || src.Buffered() == 0)
 	if out == nil {
 		if last {
 			w.flush()

@@ -46,6 +46,13 @@ func DialRaw(t testing.TB, addr string, tc *tls.Config) *Raw {
 	return &Raw{t: t, Conn: c, r: codec.NewReader(c, 0), V: codec.V311}
 }
 
+// NewRaw is a Raw client on a connection the test set up itself.
+func NewRaw(t testing.TB, c net.Conn) *Raw {
+	t.Helper()
+	t.Cleanup(func() { c.Close() })
+	return &Raw{t: t, Conn: c, r: codec.NewReader(c, 0), V: codec.V311}
+}
+
 // DialRawFrom connects to addr from the local address from (e.g.
 // "127.0.0.2", another loopback address), for tests of per-address limits.
 func DialRawFrom(t testing.TB, from, addr string) *Raw {
