@@ -297,6 +297,11 @@ func scenarios(o options) []scenario {
 			return throughput(p, v, loadgen.Load{QoS: 1, Size: 64, N: n, Window: window, UniqueTopics: true}, pubs, false)
 		},
 	}, scenario{
+		name: "throughput QoS 1 64 B write each",
+		run: func(p *path, v codec.Version) (sample, error) {
+			return throughput(p, v, loadgen.Load{QoS: 1, Size: 64, N: n, Window: window, WriteEach: true}, pubs, false)
+		},
+	}, scenario{
 		name: "throughput QoS 1 64 B denied",
 		run: func(p *path, v codec.Version) (sample, error) {
 			return throughput(p, v, loadgen.Load{QoS: 1, Size: 64, N: n, Window: window}, pubs, true)

@@ -183,6 +183,7 @@ func (r *results) markdown() string {
 		w("moat enforces the plant example policy (policies/plant, decision cache on; the harness's anonymous clients take their\n")
 		w("client id as identity: publishers are sensor-*, subscribers dashboard-*) on every publish, subscription and delivery,\n")
 		w("and decodes and validates every packet both ways, with rate and connection limits on but set too high to throttle.\n")
+		w("\"write each\" writes every packet on its own, as paho and libmosquitto do (under TLS, one record per packet);\n")
 		w("\"new topic each\" misses the decision cache on every message;\n")
 		w("\"denied\" publishes where sensors may not (moat answers each PUBLISH itself and logs the denial; the other paths forward).\n")
 	} else {
@@ -291,16 +292,20 @@ func (r *results) goals(w func(string, ...any)) {
 		}
 		w("| %s | %s | %s |\n", goal, measured, mark)
 	}
-	const q1 = "throughput QoS 1 64 B"
-	m, okm := r.values(q1, "moat-tls", value)
-	h, okh := r.values(q1, "haproxy-tls", value)
-	if okm && okh {
-		check("QoS 1 throughput, moat-tls >= haproxy-tls", fmt.Sprintf("%s vs %s msg/s", fmtNum(m.med), fmtNum(h.med)), m.med >= h.med)
-	}
-	mc, okmc := r.values(q1, "moat-tls", cpuOp)
-	hc, okhc := r.values(q1, "haproxy-tls", cpuOp)
-	if okmc && okhc && hc.med > 0 {
-		check("CPU per QoS 1 message, moat-tls <= 0.8 x haproxy-tls", fmt.Sprintf("%s vs %s µs (%.2fx)", fmtNum(mc.med), fmtNum(hc.med), mc.med/hc.med), mc.med <= 0.8*hc.med)
+	// The closed loop as the generator batches it, and with every packet
+	// written on its own (a TLS record each), as paho and libmosquitto send.
+	for _, q1 := range []string{"throughput QoS 1 64 B", "throughput QoS 1 64 B write each"} {
+		what := strings.TrimPrefix(q1, "throughput QoS 1 64 B")
+		m, okm := r.values(q1, "moat-tls", value)
+		h, okh := r.values(q1, "haproxy-tls", value)
+		if okm && okh {
+			check("QoS 1 throughput"+what+", moat-tls >= haproxy-tls", fmt.Sprintf("%s vs %s msg/s", fmtNum(m.med), fmtNum(h.med)), m.med >= h.med)
+		}
+		mc, okmc := r.values(q1, "moat-tls", cpuOp)
+		hc, okhc := r.values(q1, "haproxy-tls", cpuOp)
+		if okmc && okhc && hc.med > 0 {
+			check("CPU per QoS 1 message"+what+", moat-tls <= 0.8 x haproxy-tls", fmt.Sprintf("%s vs %s µs (%.2fx)", fmtNum(mc.med), fmtNum(hc.med), mc.med/hc.med), mc.med <= 0.8*hc.med)
+		}
 	}
 	for _, scn := range r.order {
 		if !strings.HasPrefix(scn, "latency 5000") {

@@ -118,6 +118,10 @@ type Load struct {
 	// UniqueTopics appends the message number as a last level, so every
 	// message has a topic of its own (a policy decision cache never hits).
 	UniqueTopics bool
+	// WriteEach writes every packet on its own, as paho and libmosquitto
+	// do (so under TLS each packet is a record of its own); otherwise
+	// packets queue until the window is full.
+	WriteEach bool
 }
 
 // PublishLoop sends l.N messages: QoS 1 keeps up to l.Window
@@ -182,7 +186,7 @@ func PublishLoop(c *Client, l Load) error {
 		}
 		pub.PacketID = uint16(i%65535 + 1)
 		next(i)
-		if err := c.Send(pub, false); err != nil {
+		if err := c.Send(pub, l.WriteEach); err != nil {
 			return err
 		}
 	}
