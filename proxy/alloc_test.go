@@ -74,3 +74,57 @@ func TestForwardingAllocatesNothing(t *testing.T) {
 		t.Fatalf("%.2f allocations per forwarded publish and ack", per)
 	}
 }
+
+// TestDenyingAllocatesNothing: a flood of denied publishes, each answered
+// by moat itself with a PUBACK carrying the reason code and the policy's
+// reason (MQTT 5, problem information on), allocates nothing per packet:
+// a hostile client must not be able to drive the garbage collector, whose
+// pauses every other session would feel. The decision log's own lines are
+// rate limited and counted in the budget.
+func TestDenyingAllocatesNothing(t *testing.T) {
+	dir := t.TempDir()
+	rules := "package moat.authz\nimport rego.v1\nallow if input.action == \"connect\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "p.rego"), []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, conns := fakeBroker(t)
+	srv := newTestServer(t, addr, func(c *config.Config) {
+		c.Policy = &config.Policy{Mode: config.ModeEnforce, Paths: []string{dir}, DecisionLog: config.DecisionLog{File: filepath.Join(dir, "decisions.jsonl")}}
+		c.Limits.MaxInflight = -1
+		c.Bans.Denials = -1 // the flood is the point: no ban
+		c.Limits.Rate = config.ClientRate{PublishPerSecond: 1e9, BytesPerSecond: 1 << 40}
+	})
+	c := mqtttest.DialRaw(t, srv.Addr("mqtt").String(), nil)
+	c.Connect(codec.V5, "denied", 30)
+	broker := <-conns
+	defer broker.Close()
+	pub, _ := (&codec.Publish{QoS: 1, PacketID: 7, Topic: []byte("a/b"), Payload: make([]byte, 64)}).Append(nil, codec.V5)
+	c.Conn.SetReadDeadline(time.Time{})
+	acks := codec.NewReader(c.Conn, 0)
+	burst := bytes.Repeat(pub, 200)
+	round := func(n int) {
+		for range n / 200 {
+			c.Send(burst)
+			for range 200 {
+				f, err := acks.ReadPacket()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var ack codec.Ack
+				if err := codec.DecodeAck(&ack, f, codec.V5); err != nil || ack.PacketType != codec.PUBACK || ack.PacketID != 7 ||
+					ack.ReasonCode != codec.NotAuthorized || len(ack.Properties.ReasonString) == 0 {
+					t.Fatalf("want PUBACK 7 0x87 with a reason, got %+v (%v)", ack, err)
+				}
+			}
+		}
+	}
+	round(2000) // warm up: pools, cache, buffers
+	const n = 20000
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	round(n)
+	runtime.ReadMemStats(&after)
+	if per := float64(after.Mallocs-before.Mallocs) / n; per > 0.1 {
+		t.Fatalf("%.2f allocations per denied publish", per)
+	}
+}

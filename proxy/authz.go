@@ -242,7 +242,7 @@ func setReason(p *codec.Properties, reason string) {
 		return
 	}
 	p.Set(codec.PropReasonString)
-	p.ReasonString = []byte(reason)
+	p.ReasonString = append(p.ReasonString[:0], reason...) // into a buffer the caller may have set
 }
 
 // ackReason puts the policy's reason on an ack if the client asked for
@@ -263,12 +263,19 @@ func (s *session) ackVersion() codec.Version {
 }
 
 // reply writes a packet moat answers itself, to the client or to the
-// broker, flushing when the side it answers has nothing more buffered.
+// broker, flushing when the side it answers has nothing more buffered. It
+// is encoded into a pooled scratch buffer: relay has copied or written it
+// by the time it returns.
 func (s *session) reply(toClient bool, p codec.Packet) bool {
-	b, err := p.Append(nil, s.ackVersion())
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	b, err := p.Append(sc.out[:0], s.ackVersion())
 	if err != nil {
 		s.logger().Error("encoding a reply failed", "type", p.Type().String(), "error", err)
 		return true
+	}
+	if cap(b) <= maxScratchOut {
+		sc.out = b[:0]
 	}
 	if toClient {
 		return s.relay(b, s.cr, s.cw, false)
@@ -276,8 +283,28 @@ func (s *session) reply(toClient bool, p codec.Packet) bool {
 	return s.relay(b, s.ur, s.uw, true)
 }
 
+// replyAck answers with an ack of type t for packet id: with code and, if
+// the client asked for problem information, reason (MQTT 5 only; 3.x acks
+// carry neither). The Ack lives in a pooled scratch, so answering a flood
+// of denied publishes allocates nothing.
+func (s *session) replyAck(toClient bool, t codec.PacketType, id uint16, code codec.ReasonCode, reason string) bool {
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	sc.reply = codec.Ack{PacketType: t, PacketID: id}
+	if s.version == codec.V5 {
+		sc.reply.ReasonCode = code
+		if reason != "" && toClient {
+			sc.reply.Properties.ReasonString = sc.reason[:0]
+			s.ackReason(&sc.reply.Properties, reason)
+			if rs := sc.reply.Properties.ReasonString; cap(rs) <= maxScratchOut {
+				sc.reason = rs[:0]
+			}
+		}
+	}
+	return s.reply(toClient, &sc.reply)
+}
+
 func (s *session) replyClient(p codec.Packet) bool { return s.reply(true, p) }
-func (s *session) replyBroker(p codec.Packet) bool { return s.reply(false, p) }
 
 // authorize decides a client packet. It returns the bytes to forward (the
 // original, a rewrite, or nil when moat answered it itself) and false when
@@ -298,7 +325,7 @@ func (p clientToBroker) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 		if _, ok := az.deniedRel[pk.PacketID]; ok {
 			// The second half of a QoS 2 flow moat completed itself.
 			delete(az.deniedRel, pk.PacketID)
-			return nil, p.s.replyClient(&codec.Ack{PacketType: codec.PUBCOMP, PacketID: pk.PacketID})
+			return nil, p.s.replyAck(true, codec.PUBCOMP, pk.PacketID, codec.Success, "")
 		}
 		if az.nCapped.Load() > 0 {
 			az.mu.Lock()
@@ -308,7 +335,7 @@ func (p clientToBroker) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 			if ok {
 				// The broker finished at QoS 1: the rest is moat's.
 				az.nCapped.Add(-1)
-				return nil, p.s.replyClient(&codec.Ack{PacketType: codec.PUBCOMP, PacketID: pk.PacketID})
+				return nil, p.s.replyAck(true, codec.PUBCOMP, pk.PacketID, codec.Success, "")
 			}
 		}
 	}
@@ -426,13 +453,13 @@ func (p clientToBroker) forwardCapped(b []byte, pub *codec.Publish, qos byte) bo
 		return false
 	}
 	if pub.QoS == 1 {
-		return s.replyClient(&codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID})
+		return s.replyAck(true, codec.PUBACK, pub.PacketID, codec.Success, "")
 	}
 	if az.deniedRel == nil {
 		az.deniedRel = make(map[uint16]struct{})
 	}
 	az.deniedRel[pub.PacketID] = struct{}{}
-	return s.replyClient(&codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID})
+	return s.replyAck(true, codec.PUBREC, pub.PacketID, codec.Success, "")
 }
 
 // learn records that the client now means pub's topic by alias; the
@@ -463,25 +490,17 @@ func (p clientToBroker) refuse(pub *codec.Publish, topic string, code codec.Reas
 	}
 	switch pub.QoS {
 	case 1:
-		ack := &codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID}
-		if s.version == codec.V5 {
-			ack.ReasonCode = code
-			s.ackReason(&ack.Properties, reason)
-		}
-		return s.replyClient(ack)
+		return s.replyAck(true, codec.PUBACK, pub.PacketID, code, reason)
 	case 2:
-		ack := &codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID}
-		if s.version == codec.V5 {
-			// [MQTT-4.3.3] a PUBREC with a failure code ends the flow.
-			ack.ReasonCode = code
-			s.ackReason(&ack.Properties, reason)
-		} else {
+		// [MQTT-4.3.3] in MQTT 5 a PUBREC with a failure code ends the
+		// flow; a 3.x client goes on with PUBREL, which moat completes.
+		if s.version != codec.V5 {
 			if az.deniedRel == nil {
 				az.deniedRel = make(map[uint16]struct{})
 			}
 			az.deniedRel[pub.PacketID] = struct{}{}
 		}
-		return s.replyClient(ack)
+		return s.replyAck(true, codec.PUBREC, pub.PacketID, code, reason)
 	}
 	return true
 }
@@ -672,7 +691,7 @@ func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 		if pk.PacketType == codec.PUBREL && az.droppedRel != nil {
 			if _, ok := az.droppedRel[pk.PacketID]; ok {
 				delete(az.droppedRel, pk.PacketID)
-				return nil, s.replyBroker(&codec.Ack{PacketType: codec.PUBCOMP, PacketID: pk.PacketID})
+				return nil, s.replyAck(false, codec.PUBCOMP, pk.PacketID, codec.Success, "")
 			}
 		}
 	case *codec.Suback:
@@ -690,13 +709,13 @@ func (p brokerToClient) ackDropped(qos byte, id uint16) bool {
 	s, az := p.s, p.s.az
 	switch qos {
 	case 1:
-		return s.replyBroker(&codec.Ack{PacketType: codec.PUBACK, PacketID: id})
+		return s.replyAck(false, codec.PUBACK, id, codec.Success, "")
 	case 2:
 		if az.droppedRel == nil {
 			az.droppedRel = make(map[uint16]struct{})
 		}
 		az.droppedRel[id] = struct{}{}
-		return s.replyBroker(&codec.Ack{PacketType: codec.PUBREC, PacketID: id})
+		return s.replyAck(false, codec.PUBREC, id, codec.Success, "")
 	}
 	return true
 }

@@ -262,9 +262,9 @@ func (p clientToBroker) over(action string, delay time.Duration, pub *codec.Publ
 		}
 		switch pub.QoS {
 		case 1:
-			s.replyClient(&codec.Ack{PacketType: codec.PUBACK, PacketID: pub.PacketID, ReasonCode: codec.QuotaExceeded})
+			s.replyAck(true, codec.PUBACK, pub.PacketID, codec.QuotaExceeded, "")
 		case 2:
-			s.replyClient(&codec.Ack{PacketType: codec.PUBREC, PacketID: pub.PacketID, ReasonCode: codec.QuotaExceeded})
+			s.replyAck(true, codec.PUBREC, pub.PacketID, codec.QuotaExceeded, "")
 		}
 		return false
 	}

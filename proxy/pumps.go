@@ -24,7 +24,14 @@ type brokerToClient struct{ s *session }
 type scratch struct {
 	pub codec.Publish
 	ack codec.Ack
+	// For packets moat answers itself: the ack, its reason string and the
+	// encoding (kept only up to maxScratchOut, so the pool holds little).
+	reply  codec.Ack
+	reason []byte
+	out    []byte
 }
+
+const maxScratchOut = 512
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
