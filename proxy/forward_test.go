@@ -46,21 +46,29 @@ func fakeBroker(t *testing.T) (addr string, conns <-chan net.Conn) {
 	return l.Addr().String(), ch
 }
 
+// viaFakeBroker connects an MQTT 5 client through a fresh moat to a
+// fakeBroker and returns both ends; the broker's closes with the test.
+func viaFakeBroker(t *testing.T, clientID string) (*mqtttest.Raw, net.Conn) {
+	t.Helper()
+	addr, conns := fakeBroker(t)
+	srv := newTestServer(t, addr, nil)
+	c := mqtttest.DialRaw(t, srv.Addr("mqtt").String(), nil)
+	c.Connect(codec.V5, clientID, 30)
+	select {
+	case broker := <-conns:
+		t.Cleanup(func() { broker.Close() })
+		return c, broker
+	case <-time.After(5 * time.Second):
+		t.Fatal("fake broker got no connection")
+	}
+	return nil, nil
+}
+
 // TestForwardedByteForByte: permitted packets reach the other side exactly
 // as they were sent, in both directions, even where moat's own encoder
 // would have written them differently (property order).
 func TestForwardedByteForByte(t *testing.T) {
-	addr, conns := fakeBroker(t)
-	srv := newTestServer(t, addr, nil)
-	c := mqtttest.DialRaw(t, srv.Addr("mqtt").String(), nil)
-	c.Connect(codec.V5, "exact", 30)
-	var broker net.Conn
-	select {
-	case broker = <-conns:
-	case <-time.After(5 * time.Second):
-		t.Fatal("fake broker got no connection")
-	}
-	defer broker.Close()
+	c, broker := viaFakeBroker(t, "exact")
 
 	// A v5 PUBLISH whose properties are in descending identifier order:
 	// user property (0x26) before content type (0x03).
@@ -222,4 +230,98 @@ func TestRecordsCoalesced(t *testing.T) {
 	if got := cc.writes.Load() - writes0; got != 1 {
 		t.Fatalf("%d PUBLISHes in %d TLS records of one read reached the broker in %d writes, want 1", n, n, got)
 	}
+}
+
+// TestForwardedBeforePartialPacket: a packet is forwarded even when the
+// same read brought the start of the next one and the rest of it is slow
+// to come (a large message on a slow link), over plain TCP and over TLS
+// with the next record cut short.
+func TestForwardedBeforePartialPacket(t *testing.T) {
+	broker := mqtttest.Start(t, "")
+	dir := t.TempDir()
+	if _, err := devpki.Ensure(dir); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{
+		Listeners: []config.Listener{
+			{Name: "mqtt", Address: "127.0.0.1:0", Transport: "tcp"},
+			{Name: "mqtts", Address: "127.0.0.1:0", Transport: "tls",
+				TLS: &config.ServerTLS{CertFile: filepath.Join(dir, devpki.ServerCert), KeyFile: filepath.Join(dir, devpki.ServerKey), ClientAuth: "none"}},
+		},
+		Upstream: config.Upstream{Address: broker.Addr, DialTimeout: time.Second},
+		Auth:     config.Auth{Anonymous: true},
+		Policy:   &config.Policy{Mode: config.ModeAllowAll},
+		Limits:   config.Limits{ConnectTimeout: 2 * time.Second},
+		Shutdown: config.Shutdown{DrainTimeout: time.Second},
+	}
+	srv := startTestServer(t, cfg, nil)
+	pem, err := os.ReadFile(filepath.Join(dir, devpki.CACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	a, _ := (&codec.Publish{QoS: 1, PacketID: 1, Topic: []byte("partial/a"), Payload: []byte("a")}).Append(nil, codec.V311)
+	b, _ := (&codec.Publish{QoS: 1, PacketID: 2, Topic: []byte("partial/b"), Payload: make([]byte, 4000)}).Append(nil, codec.V311)
+
+	t.Run("tcp", func(t *testing.T) {
+		c := mqtttest.DialRaw(t, srv.Addr("mqtt").String(), nil)
+		c.Connect(codec.V311, "partial-tcp", 30)
+		c.Send(append(append([]byte{}, a...), b[:100]...))
+		if p := c.Expect(3 * time.Second); p.Type() != codec.PUBACK {
+			t.Fatalf("got %s, want the PUBACK for the complete packet", p.Type())
+		}
+		c.Send(b[100:])
+		if p := c.Expect(3 * time.Second); p.Type() != codec.PUBACK {
+			t.Fatalf("got %s, want the PUBACK for the second packet", p.Type())
+		}
+	})
+	t.Run("from the broker", func(t *testing.T) {
+		c, up := viaFakeBroker(t, "partial-down")
+		a5, _ := (&codec.Publish{Topic: []byte("partial/a"), Payload: []byte("a")}).Append(nil, codec.V5)
+		b5, _ := (&codec.Publish{Topic: []byte("partial/b"), Payload: make([]byte, 4000)}).Append(nil, codec.V5)
+		if _, err := up.Write(append(append([]byte{}, a5...), b5[:100]...)); err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := c.Expect(3 * time.Second).(*codec.Publish); !ok || string(p.Topic) != "partial/a" {
+			t.Fatalf("got %#v, want the complete delivery", p)
+		}
+		if _, err := up.Write(b5[100:]); err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := c.Expect(3 * time.Second).(*codec.Publish); !ok || string(p.Topic) != "partial/b" {
+			t.Fatalf("got %#v, want the second delivery", p)
+		}
+	})
+	t.Run("tls", func(t *testing.T) {
+		tcp, err := net.Dial("tcp", srv.Addr("mqtts").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		bc := &batchConn{Conn: tcp}
+		c := mqtttest.NewRaw(t, tls.Client(bc, &tls.Config{RootCAs: pool, ServerName: "localhost"}))
+		c.Connect(codec.V311, "partial-tls", 30)
+		bc.mu.Lock()
+		bc.hold = true
+		bc.mu.Unlock()
+		c.Send(a)
+		c.Send(b)
+		bc.mu.Lock()
+		held := bc.buf
+		bc.buf, bc.hold = nil, false
+		bc.mu.Unlock()
+		cut := len(held) - 1000 // inside the second record
+		if _, err := tcp.Write(held[:cut]); err != nil {
+			t.Fatal(err)
+		}
+		if p := c.Expect(3 * time.Second); p.Type() != codec.PUBACK {
+			t.Fatalf("got %s, want the PUBACK for the complete record", p.Type())
+		}
+		if _, err := tcp.Write(held[cut:]); err != nil {
+			t.Fatal(err)
+		}
+		if p := c.Expect(3 * time.Second); p.Type() != codec.PUBACK {
+			t.Fatalf("got %s, want the PUBACK for the second record", p.Type())
+		}
+	})
 }

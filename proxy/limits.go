@@ -271,7 +271,7 @@ func (p clientToBroker) over(action string, delay time.Duration, pub *codec.Publ
 	// Pace: stop reading from this client until it is within budget. Its
 	// TCP window fills and it slows down; other clients are not touched.
 	// Forward what is already queued first, so nothing waits behind the pause.
-	s.uw.flush()
+	s.cq.flush(s)
 	for delay > 0 && !s.ended.Load() && !s.draining.Load() {
 		step := min(delay, 100*time.Millisecond)
 		time.Sleep(step)

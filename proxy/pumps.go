@@ -322,7 +322,40 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 		}
 		return false
 	}
+	if !last {
+		q := &s.uq // the broker->client pump's
+		if r == s.cr {
+			q = &s.cq
+		}
+		q.mark(w == s.uw)
+	}
 	return true
+}
+
+// queued records which writers a pump left bytes in without flushing; its
+// read hook flushes those before the pump reads again. Only that pump's
+// goroutine touches it. Flushing only its own keeps one pump from waiting
+// on a writer the other holds while a slow peer drains it.
+type queued struct{ up, client bool }
+
+func (q *queued) mark(up bool) {
+	if up {
+		q.up = true
+	} else {
+		q.client = true
+	}
+}
+
+// flush writes out what the pump queued.
+func (q *queued) flush(s *session) {
+	if q.up {
+		q.up = false
+		s.uw.flush()
+	}
+	if q.client {
+		q.client = false
+		s.cw.flush()
+	}
 }
 
 func (p brokerToClient) check(f codec.Frame, pub *codec.Publish, ack *codec.Ack) (codec.Packet, error) {

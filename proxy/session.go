@@ -99,6 +99,8 @@ type session struct {
 	// functions that resume them (bound once: parking allocates little).
 	cpark, upark                 atomic.Uint64
 	resumeClient, resumeUpstream func(error)
+	// What each pump queued and has not flushed (client->broker: cq).
+	cq, uq queued
 	// clientMaxPacket is the client's own Maximum Packet Size (MQTT 5), for
 	// packets moat writes to it; 0 means no limit beyond the protocol's.
 	clientMaxPacket int
@@ -164,11 +166,40 @@ func (s *session) serve() {
 	s.armExpiry()
 	s.takeBucket()
 	s.resumeClient, s.resumeUpstream = clientToBroker{s}.start, brokerToClient{s}.start
+	s.flushBeforeReads()
 	// Most clients say nothing right after CONNACK: park both sides at
 	// once rather than start goroutines only to park them a second later.
 	s.armClient()
 	s.startPump(s.cr, s.cwc, &s.cpark, s.kaDeadline, s.clientIdle(), s.resumeClient)
 	s.startPump(s.ur, s.uwc, &s.upark, time.Time{}, s.upstreamIdle(), s.resumeUpstream)
+}
+
+// readHooker is a connection that can run a function before a read that
+// may wait for the network (waitConn, wsConn).
+type readHooker interface{ setBeforeRead(func()) }
+
+// flushBeforeReads makes each pump flush what it queued before it reads
+// its side from the network. The pumps flush once nothing read is left
+// over, but a read can end in the middle of the next packet (or TLS
+// record); without this, a packet would wait for the rest of the next one
+// to arrive, which on a slow link carrying a large message can be seconds.
+func (s *session) flushBeforeReads() {
+	var client, up readHooker
+	if s.cwc != nil {
+		client = s.cwc
+	} else if h, ok := s.client.(readHooker); ok {
+		client = h
+	}
+	if s.uwc != nil {
+		up = s.uwc
+	}
+	// Errors are left to the next write or read, which see them too.
+	if client != nil {
+		client.setBeforeRead(func() { s.cq.flush(s) })
+	}
+	if up != nil {
+		up.setBeforeRead(func() { s.uq.flush(s) })
+	}
 }
 
 // startPump parks a pump whose side has nothing to read, or starts its

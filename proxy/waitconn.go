@@ -28,6 +28,9 @@ type waitConn struct {
 	// RawConn callbacks, bound once so reads allocate nothing.
 	readFn, tryFn func(fd uintptr) bool
 	again         bool // tryFn saw EAGAIN
+	// beforeRead, when set, runs before the socket is read with nothing
+	// buffered (the read may wait): the pump flushes what it queued.
+	beforeRead func()
 
 	// One reader at a time: the pump (or crypto/tls on its behalf).
 	buf    []byte // pooled while holding data
@@ -106,6 +109,9 @@ func (c *waitConn) readCallback(fd uintptr) bool {
 // fill blocks until the socket has data (read into the buffer), EOF, an
 // error or the read deadline.
 func (c *waitConn) fill() error {
+	if c.beforeRead != nil && c.w == c.r {
+		c.beforeRead()
+	}
 	if c.buf != nil && c.w == len(c.buf) {
 		c.w = copy(c.buf, c.buf[c.r:c.w])
 		c.r = 0
@@ -280,6 +286,8 @@ func (c *waitConn) writeCallback(fd uintptr) bool {
 	}
 	return true
 }
+
+func (c *waitConn) setBeforeRead(f func()) { c.beforeRead = f }
 
 // CloseWrite half-closes the socket underneath.
 func (c *waitConn) CloseWrite() error {

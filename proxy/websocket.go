@@ -123,10 +123,11 @@ func (c *admittedConn) Close() error {
 // read deadline can pass and be set again, as on a socket (a timed-out
 // gorilla read cannot be resumed). Each write is one binary message.
 type wsConn struct {
-	ws    *websocket.Conn
-	pr    net.Conn // the reading end of the pipe the frame reader fills
-	state *tls.ConnectionState
-	wmu   sync.Mutex
+	ws         *websocket.Conn
+	pr         net.Conn // the reading end of the pipe the frame reader fills
+	state      *tls.ConnectionState
+	wmu        sync.Mutex
+	beforeRead func() // as waitConn's: runs before a read that may wait
 }
 
 func newWSConn(ws *websocket.Conn) *wsConn {
@@ -154,7 +155,14 @@ func copyFrames(ws *websocket.Conn, pw net.Conn) {
 	}
 }
 
-func (c *wsConn) Read(p []byte) (int, error) { return c.pr.Read(p) }
+func (c *wsConn) Read(p []byte) (int, error) {
+	if c.beforeRead != nil {
+		c.beforeRead()
+	}
+	return c.pr.Read(p)
+}
+
+func (c *wsConn) setBeforeRead(f func()) { c.beforeRead = f }
 
 func (c *wsConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()

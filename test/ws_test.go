@@ -147,3 +147,48 @@ func TestWebSocketRefusals(t *testing.T) {
 		t.Fatalf("plain GET: %d", resp.StatusCode)
 	}
 }
+
+// A packet that arrives over WebSocket together with the start of the
+// next one is forwarded at once, not when the rest of the next one
+// arrives (a large message on a slow link).
+func TestWebSocketPartialPacket(t *testing.T) {
+	_, ws, _ := wsEnv(t)
+	conn, _, err := dialWS(ws, nil, nil, "mqtt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := codec.NewReader(conn, 0)
+	expect := func(want codec.PacketType, id uint16) {
+		t.Helper()
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		f, err := r.ReadPacket()
+		if err != nil {
+			t.Fatalf("waiting for %s %d: %v", want, id, err)
+		}
+		if f.Type != want {
+			t.Fatalf("got %s, want %s", f.Type, want)
+		}
+		if want == codec.PUBACK {
+			var ack codec.Ack
+			if err := codec.DecodeAck(&ack, f, codec.V311); err != nil || ack.PacketID != id {
+				t.Fatalf("PUBACK %+v (%v), want packet %d", ack, err, id)
+			}
+		}
+	}
+	con, _ := (&codec.Connect{Version: codec.V311, CleanStart: true, ClientID: "ws-partial", KeepAlive: 30}).Append(nil, codec.V311)
+	if _, err := conn.Write(con); err != nil {
+		t.Fatal(err)
+	}
+	expect(codec.CONNACK, 0)
+	a, _ := (&codec.Publish{QoS: 1, PacketID: 1, Topic: []byte("ok/ws/a"), Payload: []byte("a")}).Append(nil, codec.V311)
+	b, _ := (&codec.Publish{QoS: 1, PacketID: 2, Topic: []byte("ok/ws/b"), Payload: make([]byte, 4000)}).Append(nil, codec.V311)
+	if _, err := conn.Write(append(append([]byte{}, a...), b[:100]...)); err != nil { // one message
+		t.Fatal(err)
+	}
+	expect(codec.PUBACK, 1)
+	if _, err := conn.Write(b[100:]); err != nil {
+		t.Fatal(err)
+	}
+	expect(codec.PUBACK, 2)
+}
