@@ -303,9 +303,9 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 	// Under TLS the Reader sees one record at a time while more records of
 	// the same read wait in the waitConn: a client that sends each packet
 	// in its own record (most do) would otherwise cost one write per packet.
-	src := s.uwc
+	src, q := s.uwc, &s.uq // the reading side's socket, and its pump's queue
 	if r == s.cr {
-		src = s.cwc
+		src, q = s.cwc, &s.cq
 	}
 	last := r.Buffered() == 0 && (src == nil || src.Buffered() == 0)
 	if out == nil {
@@ -323,10 +323,6 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 		return false
 	}
 	if !last {
-		q := &s.uq // the broker->client pump's
-		if r == s.cr {
-			q = &s.cq
-		}
 		q.mark(w == s.uw)
 	}
 	return true

@@ -184,21 +184,16 @@ type readHooker interface{ setBeforeRead(func()) }
 // record); without this, a packet would wait for the rest of the next one
 // to arrive, which on a slow link carrying a large message can be seconds.
 func (s *session) flushBeforeReads() {
-	var client, up readHooker
-	if s.cwc != nil {
-		client = s.cwc
-	} else if h, ok := s.client.(readHooker); ok {
-		client = h
-	}
-	if s.uwc != nil {
-		up = s.uwc
-	}
 	// Errors are left to the next write or read, which see them too.
+	client, _ := s.client.(readHooker) // WebSocket
+	if s.cwc != nil {
+		client = s.cwc // under TLS s.client is the tls.Conn
+	}
 	if client != nil {
 		client.setBeforeRead(func() { s.cq.flush(s) })
 	}
-	if up != nil {
-		up.setBeforeRead(func() { s.uq.flush(s) })
+	if s.uwc != nil {
+		s.uwc.setBeforeRead(func() { s.uq.flush(s) })
 	}
 }
 
