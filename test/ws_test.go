@@ -22,8 +22,15 @@ import (
 type wsNetConn struct {
 	*websocket.Conn
 	r   []byte
-	wmu sync.Mutex
+	wmu sync.Mutex // one message at a time
+	// pmu is the sync.Locker paho takes around a whole packet, which it
+	// writes in several calls: without it, its pinger's PINGREQ could land
+	// between the parts of a PUBLISH.
+	pmu sync.Mutex
 }
+
+func (c *wsNetConn) Lock()   { c.pmu.Lock() }
+func (c *wsNetConn) Unlock() { c.pmu.Unlock() }
 
 func (c *wsNetConn) Read(p []byte) (int, error) {
 	for len(c.r) == 0 {
