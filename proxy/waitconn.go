@@ -99,7 +99,10 @@ func (c *waitConn) readCallback(fd uintptr) bool {
 		}
 		return false
 	}
-	c.n, c.err = n, err
+	c.n, c.err = n, nil
+	if err != 0 {
+		c.err = err
+	}
 	if n > 0 {
 		c.w += n
 	}
@@ -274,7 +277,7 @@ func (c *waitConn) writeCallback(fd uintptr) bool {
 	for c.wn < len(c.wb) {
 		n, err := rawWrite(int(fd), c.wb[c.wn:])
 		switch err {
-		case nil:
+		case 0:
 			c.wn += n
 		case syscall.EINTR:
 		case syscall.EAGAIN:
