@@ -386,7 +386,7 @@ func (e *Engine) Decide(s *Subject, r *Request) Decision {
 		cache = nil
 	}
 	if cache != nil {
-		if c, ok := cache.Get(key); ok && monoNow() < c.expires {
+		if c, ok := cache.Get(key); ok && r.now() < c.expires {
 			e.hits.Add(1)
 			return e.enforce(s, r, rev, Decision{Allow: c.allow, Inspect: c.inspect, Reason: c.reason, Cached: true}, nil)
 		}
@@ -667,6 +667,14 @@ var epoch = time.Now()
 // monoNow is nanoseconds on the monotonic clock, for expiry checks on the
 // hot path: one clock read where time.Now takes two.
 func monoNow() int64 { return int64(time.Since(epoch)) }
+
+// now is r.At on monoNow's scale, or the clock when r.At is zero.
+func (r *Request) now() int64 {
+	if r.At.IsZero() {
+		return monoNow()
+	}
+	return int64(r.At.Sub(epoch))
+}
 
 // growStack makes the calling goroutine's stack big enough for an
 // evaluation in one step. OPA's evaluator recurses deeply; on a new

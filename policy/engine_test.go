@@ -281,6 +281,15 @@ func TestCacheTTLAndKey(t *testing.T) {
 	if d := e.Decide(s, &Request{Action: Publish, Topic: "t"}); d.Cached {
 		t.Fatal("expired entry used")
 	}
+	// Expiry is judged at the request's At when the caller gives one.
+	e = newEngine(t, allowT, Options{CacheTTL: time.Minute})
+	e.Decide(s, &Request{Action: Publish, Topic: "t"})
+	if d := e.Decide(s, &Request{Action: Publish, Topic: "t", At: time.Now()}); !d.Cached {
+		t.Fatal("fresh entry not used")
+	}
+	if d := e.Decide(s, &Request{Action: Publish, Topic: "t", At: time.Now().Add(2 * time.Minute)}); d.Cached {
+		t.Fatal("entry used past its TTL at the request's time")
+	}
 	e = newEngine(t, `package moat.authz
 default allow := false
 allow if input.action == "connect"

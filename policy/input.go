@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -121,6 +122,9 @@ type Request struct {
 	Retain     bool
 	Will       bool
 	Props      *Props // MQTT 5 properties the policy may look at; nil if none
+	// At is when the packet was read, if the caller has read the clock
+	// already (with its monotonic reading); zero: Decide reads it.
+	At time.Time
 }
 
 // Props are the MQTT 5 PUBLISH properties in the input.

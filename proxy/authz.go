@@ -371,7 +371,7 @@ func (p clientToBroker) publish(f codec.Frame, pub *codec.Publish) ([]byte, bool
 	code, reason, out := codec.Success, "", f.Bytes
 	if eng := s.srv.policy; eng != nil {
 		req := policy.Request{Action: policy.Publish, Topic: topic, QoS: pub.QoS,
-			Retain: pub.Retain, Props: propsOf(&pub.Properties, s.version)}
+			Retain: pub.Retain, Props: propsOf(&pub.Properties, s.version), At: s.cAt.wall()}
 		d := eng.Decide(az.subj, &req)
 		if !d.Allow {
 			code, reason = codec.NotAuthorized, d.Reason
@@ -674,7 +674,7 @@ func (p brokerToClient) authorize(f codec.Frame, pk codec.Packet) ([]byte, bool)
 			return nil, false
 		}
 		d := s.srv.policy.Decide(az.subj, &policy.Request{Action: policy.Receive, Topic: policy.View(pk.Topic),
-			QoS: pk.QoS, Retain: pk.Retain, Props: propsOf(&pk.Properties, s.version)})
+			QoS: pk.QoS, Retain: pk.Retain, Props: propsOf(&pk.Properties, s.version), At: s.uAt.wall()})
 		if d.Allow {
 			return f.Bytes, true
 		}

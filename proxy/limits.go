@@ -181,7 +181,7 @@ func (p clientToBroker) limit(f codec.Frame, pk codec.Packet) (goOn bool) {
 			s.bucket.Override(*s.policyRates)
 		}
 	}
-	now := monoNow().wall()
+	now := s.cAt.wall()
 	action := p.action()
 	if f.Type == codec.SUBSCRIBE {
 		if action == "reject" {
@@ -219,7 +219,7 @@ func (p clientToBroker) topicRate(topic string, pub *codec.Publish) bool {
 		if !matchesAny(tr.Filters, topic) {
 			continue
 		}
-		now := monoNow().wall()
+		now := s.cAt.wall()
 		switch action := p.action(); action {
 		case "reject", "disconnect":
 			if s.bucket.TopicAllow(i, now, tr) {
@@ -277,6 +277,7 @@ func (p clientToBroker) over(action string, delay time.Duration, pub *codec.Publ
 		time.Sleep(step)
 		delay -= step
 	}
+	s.cAt = monoNow()
 	return !s.ended.Load()
 }
 

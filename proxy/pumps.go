@@ -255,6 +255,7 @@ func (p brokerToClient) handle() bool {
 		p.readError(err)
 		return false
 	}
+	s.uAt = monoNow()
 	if f.Skipped > 0 {
 		return p.dropOversize(f)
 	}
@@ -303,9 +304,10 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 	// Under TLS the Reader sees one record at a time while more records of
 	// the same read wait in the waitConn: a client that sends each packet
 	// in its own record (most do) would otherwise cost one write per packet.
-	src, q := s.uwc, &s.uq // the reading side's socket, and its pump's queue
+	// The reading side's socket, its pump's queue and packet time.
+	src, q, at := s.uwc, &s.uq, s.uAt
 	if r == s.cr {
-		src, q = s.cwc, &s.cq
+		src, q, at = s.cwc, &s.cq, s.cAt
 	}
 	last := r.Buffered() == 0 && (src == nil || src.Buffered() == 0)
 	if out == nil {
@@ -314,7 +316,7 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 		}
 		return true
 	}
-	if err := w.write(out, last); err != nil {
+	if err := w.writeAt(out, last, at); err != nil {
 		if toBroker {
 			s.end(endUpstreamGone, codec.UnspecifiedError, "writing to the broker failed: "+err.Error())
 		} else {

@@ -48,6 +48,7 @@ func (s *session) acquire() bool {
 		case <-t.C:
 		}
 		t.Stop()
+		s.cAt = monoNow()
 		if s.ended.Load() || s.draining.Load() {
 			return false
 		}

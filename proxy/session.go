@@ -92,6 +92,10 @@ type session struct {
 	kaDeadline time.Time     // the keep alive deadline armClient set
 	lastRead   mono          // last complete client packet (to within ka/8)
 	uArmedAt   mono          // when the upstream read deadline was last set (0: re-arm)
+	// cAt and uAt are when the packet each pump is handling was read (or
+	// when it last waited for anything since): one clock read serves the
+	// packet's keep alive, rate, policy-cache and write-deadline checks.
+	cAt, uAt mono
 	// upDeadline is the hard upstream read deadline (unix ns; 0: none),
 	// set when the session ends and the broker is given time to close.
 	upDeadline atomic.Int64
@@ -615,12 +619,14 @@ func (s *session) armClient() {
 	s.client.SetReadDeadline(d)
 }
 
-// clientPacket notes that a complete packet arrived, for keep alive.
+// clientPacket notes that a complete packet arrived: it stamps cAt and
+// moves the keep alive.
 func (s *session) clientPacket() {
+	s.cAt = monoNow()
 	if s.keepAlive == 0 {
 		return
 	}
-	if now := monoNow(); now-s.lastRead >= mono(s.keepAlive/12) {
+	if now := s.cAt; now-s.lastRead >= mono(s.keepAlive/12) {
 		s.lastRead = now
 		s.armedAt = 0 // the keep alive deadline moved: re-arm
 	}
@@ -924,14 +930,18 @@ func newPeerWriter(conn net.Conn, timeout time.Duration) *peerWriter {
 // pending and flush set goes straight to the connection, uncopied. The
 // write deadline is re-armed at most every timeout/8, so a peer that stops
 // reading is cut after between 7/8 and 1 x the timeout.
-func (w *peerWriter) write(b []byte, flush bool) error {
+func (w *peerWriter) write(b []byte, flush bool) error { return w.writeAt(b, flush, monoNow()) }
+
+// writeAt is write for a packet read at at (a pump's cAt or uAt, a few
+// microseconds old): the re-arm check needs no clock read of its own. A
+// re-arm reads the clock afresh, so an old at can only make it later.
+func (w *peerWriter) writeAt(b []byte, flush bool, at mono) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.timeout > 0 {
-		if now := monoNow(); w.armedAt == 0 || now-w.armedAt > mono(w.timeout/8) {
-			w.armedAt = now
-			w.conn.SetWriteDeadline(now.wall().Add(w.timeout))
-		}
+	if w.timeout > 0 && (w.armedAt == 0 || at-w.armedAt > mono(w.timeout/8)) {
+		now := monoNow()
+		w.armedAt = now
+		w.conn.SetWriteDeadline(now.wall().Add(w.timeout))
 	}
 	return w.writeLocked(b, flush)
 }
