@@ -304,10 +304,17 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 	// Under TLS the Reader sees one record at a time while more records of
 	// the same read wait in the waitConn: a client that sends each packet
 	// in its own record (most do) would otherwise cost one write per packet.
-	// The reading side's socket, its pump's queue and packet time.
-	src, q, at := s.uwc, &s.uq, s.uAt
+	// The reading side's socket, its pump's queue and packet time (each
+	// pump touches only its own).
+	var (
+		src *waitConn
+		q   *queued
+		at  mono
+	)
 	if r == s.cr {
 		src, q, at = s.cwc, &s.cq, s.cAt
+	} else {
+		src, q, at = s.uwc, &s.uq, s.uAt
 	}
 	last := r.Buffered() == 0 && (src == nil || src.Buffered() == 0)
 	if out == nil {
