@@ -48,7 +48,18 @@ func stats(xs []float64) (stat, bool) {
 	}
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
-	return stat{med: s[len(s)/2], lo: s[0], hi: s[len(s)-1]}, true
+	return stat{med: median(s), lo: s[0], hi: s[len(s)-1]}, true
+}
+
+// median of sorted, non-empty s: with an even count, the mean of the
+// middle two (taking the upper one would favour whichever path is noisier
+// upward).
+func median(s []float64) float64 {
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + m) / 2
+	}
+	return m
 }
 
 func (r *results) values(scn, path string, f func(sample) float64) (stat, bool) {
@@ -190,7 +201,12 @@ func (r *results) markdown() string {
 		w("moat runs with `policy: %s` and decodes and validates every packet both ways.\n", r.o.policy)
 	}
 	w("Each cell is the median, with min–max,\n")
-	w("of %d run(s), variants interleaved. Protocol of the load: MQTT %s.\n\n", r.o.reps, codec.Version(r.o.version))
+	w("of %d run(s), variants interleaved", r.o.reps)
+	if r.o.goalReps > r.o.reps {
+		w("; the measurements the goals are judged on (QoS 1 64 B, write each, latency 5000 msg/s, full handshakes)\n")
+		w("through the TLS paths, of %d", r.o.goalReps)
+	}
+	w(". Protocol of the load: MQTT %s.\n\n", codec.Version(r.o.version))
 
 	w("| measurement | unit | %s | moat-tls / haproxy-tls | moat-tls / direct |\n", strings.Join(pathOrder, " | "))
 	w("|---|---|%s---:|---:|\n", strings.Repeat("---:|", len(pathOrder)))
@@ -282,6 +298,38 @@ func (r *results) markdown() string {
 	return b.String()
 }
 
+// pairedRatio is the median over repetitions of a/b for the samples of
+// paths a and b taken in the same repetition (seconds apart, under the
+// same machine conditions), and how many pairs there were. The two
+// proxies' own figures drift together with the machine's load; their
+// ratio within a repetition drifts less.
+func (r *results) pairedRatio(scn, a, b string, f func(sample) float64) (float64, int) {
+	as, bs := r.samples[scn][a], r.samples[scn][b]
+	var rs []float64
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		if d := f(bs[i]); d > 0 {
+			rs = append(rs, f(as[i])/d)
+		}
+	}
+	if len(rs) == 0 {
+		return 0, 0
+	}
+	sort.Float64s(rs)
+	return median(rs), len(rs)
+}
+
+// paired is a goal row comparing moat-tls with haproxy-tls: their medians,
+// and the median of their per-repetition ratios, which the verdict uses.
+func (r *results) paired(scn string, f func(sample) float64, unit string) (row string, ratio float64, ok bool) {
+	m, okm := r.values(scn, "moat-tls", f)
+	h, okh := r.values(scn, "haproxy-tls", f)
+	pr, n := r.pairedRatio(scn, "moat-tls", "haproxy-tls", f)
+	if !okm || !okh || n == 0 {
+		return "", 0, false
+	}
+	return fmt.Sprintf("%s vs %s %s; %.2fx, median of %d paired repetitions", fmtNum(m.med), fmtNum(h.med), unit, pr, n), pr, true
+}
+
 // goals checks the performance goals against this run.
 func (r *results) goals(w func(string, ...any)) {
 	w("Goals (from this run):\n\n| goal | measured | met |\n|---|---|---|\n")
@@ -296,32 +344,25 @@ func (r *results) goals(w func(string, ...any)) {
 	// written on its own (a TLS record each), as paho and libmosquitto send.
 	for _, q1 := range []string{"throughput QoS 1 64 B", "throughput QoS 1 64 B write each"} {
 		what := strings.TrimPrefix(q1, "throughput QoS 1 64 B")
-		m, okm := r.values(q1, "moat-tls", value)
-		h, okh := r.values(q1, "haproxy-tls", value)
-		if okm && okh {
-			check("QoS 1 throughput"+what+", moat-tls >= haproxy-tls", fmt.Sprintf("%s vs %s msg/s", fmtNum(m.med), fmtNum(h.med)), m.med >= h.med)
+		if row, pr, ok := r.paired(q1, value, "msg/s"); ok {
+			check("QoS 1 throughput"+what+", moat-tls >= haproxy-tls", row, pr >= 1)
 		}
-		mc, okmc := r.values(q1, "moat-tls", cpuOp)
-		hc, okhc := r.values(q1, "haproxy-tls", cpuOp)
-		if okmc && okhc && hc.med > 0 {
-			check("CPU per QoS 1 message"+what+", moat-tls <= 0.8 x haproxy-tls", fmt.Sprintf("%s vs %s µs (%.2fx)", fmtNum(mc.med), fmtNum(hc.med), mc.med/hc.med), mc.med <= 0.8*hc.med)
+		if row, pr, ok := r.paired(q1, cpuOp, "µs"); ok {
+			check("CPU per QoS 1 message"+what+", moat-tls <= 0.8 x haproxy-tls", row, pr <= 0.8)
 		}
 	}
 	for _, scn := range r.order {
 		if !strings.HasPrefix(scn, "latency 5000") {
 			continue
 		}
-		ml, ok1 := r.values(scn, "moat-tls", value)
-		hl, ok2 := r.values(scn, "haproxy-tls", value)
-		dl, ok3 := r.values(scn, "direct", value)
-		if ok1 && ok2 && ok3 {
-			check("added p99 latency at 5k msg/s, moat-tls <= haproxy-tls", fmt.Sprintf("%s vs %s µs", fmtNum(ml.med-dl.med), fmtNum(hl.med-dl.med)), ml.med <= hl.med)
+		// Within a repetition both paths add to the same direct p99, so
+		// comparing their p99s compares what each adds.
+		if row, pr, ok := r.paired(scn, value, "µs p99 (over the same direct path)"); ok {
+			check("added p99 latency at 5k msg/s, moat-tls <= haproxy-tls", row, pr <= 1)
 		}
 	}
-	ms, ok1 := r.values("connections/s full handshake", "moat-tls", value)
-	hs, ok2 := r.values("connections/s full handshake", "haproxy-tls", value)
-	if ok1 && ok2 {
-		check("full TLS handshakes/s, moat-tls >= haproxy-tls", fmt.Sprintf("%s vs %s", fmtNum(ms.med), fmtNum(hs.med)), ms.med >= hs.med)
+	if row, pr, ok := r.paired("connections/s full handshake", value, "conn/s"); ok {
+		check("full TLS handshakes/s, moat-tls >= haproxy-tls", row, pr >= 1)
 	}
 	for _, scn := range r.order {
 		if !strings.HasPrefix(scn, "idle") {

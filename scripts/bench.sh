@@ -20,4 +20,4 @@ fi
 if [ "${1:-}" = "-smoke" ]; then
   exec go run ./bench "$@"
 fi
-exec go run ./bench -reps 3 -out docs/benchmarks.md -raw docs/bench-raw.json "$@"
+exec go run ./bench -reps 3 -goal-reps 5 -out docs/benchmarks.md -raw docs/bench-raw.json "$@"

@@ -1,0 +1,24 @@
+package main
+
+import "testing"
+
+func TestPairedRatio(t *testing.T) {
+	r := newResults(options{})
+	for _, c := range [][2]float64{{10, 20}, {9, 10}, {8, 10}, {1, 0}} {
+		r.add("s", "a", sample{cpuPerOp: c[0]})
+		r.add("s", "b", sample{cpuPerOp: c[1]})
+	}
+	// Pairs 0.5, 0.9, 0.8; the zero denominator is left out.
+	if got, n := r.pairedRatio("s", "a", "b", cpuOp); n != 3 || got != 0.8 {
+		t.Fatalf("got %v over %d pairs, want 0.8 over 3", got, n)
+	}
+	r.add("s", "a", sample{cpuPerOp: 7})
+	r.add("s", "b", sample{cpuPerOp: 10})
+	// 0.5, 0.7, 0.8, 0.9: an even count takes the mean of the middle two.
+	if got, n := r.pairedRatio("s", "a", "b", cpuOp); n != 4 || got < 0.7499 || got > 0.7501 {
+		t.Fatalf("got %v over %d pairs, want 0.75 over 4", got, n)
+	}
+	if _, n := r.pairedRatio("s", "a", "missing", cpuOp); n != 0 {
+		t.Fatal("pairs counted against a path with no samples")
+	}
+}
