@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"container/heap"
 	"errors"
 	"net"
 	"os"
@@ -27,11 +28,40 @@ type parker struct {
 	next   uint64
 	done   chan struct{}
 	closed bool
+	// Deadlines of parked pumps, earliest first, and one timer for the
+	// earliest: a timer per parked pump cost about 140 bytes each.
+	due   deadlines
+	timer *time.Timer
 }
 
 type parkEntry struct {
 	resume func(error)
-	timer  *time.Timer
+	id     uint64
+	at     mono // deadline, when in due
+	idx    int  // index in due; -1 when not there
+}
+
+// deadlines is a min-heap of parked entries by deadline.
+type deadlines []*parkEntry
+
+func (d deadlines) Len() int           { return len(d) }
+func (d deadlines) Less(i, j int) bool { return d[i].at < d[j].at }
+func (d deadlines) Swap(i, j int) {
+	d[i], d[j] = d[j], d[i]
+	d[i].idx, d[j].idx = i, j
+}
+func (d *deadlines) Push(x any) {
+	e := x.(*parkEntry)
+	e.idx = len(*d)
+	*d = append(*d, e)
+}
+func (d *deadlines) Pop() any {
+	old := *d
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*d = old[:len(old)-1]
+	e.idx = -1
+	return e
 }
 
 // errUnparked resumes a pump that was woken by the session (end, drain),
@@ -123,13 +153,47 @@ func (p *parker) park(wc *waitConn, slot *atomic.Uint64, deadline time.Time, res
 	if err != nil {
 		return err
 	}
-	e := &parkEntry{resume: resume}
+	e := &parkEntry{resume: resume, id: id, idx: -1}
 	p.parked[id] = e
 	slot.Store(id)
 	if !deadline.IsZero() {
-		e.timer = time.AfterFunc(time.Until(deadline), func() { p.fire(id, os.ErrDeadlineExceeded) })
+		e.at = monoOf(deadline)
+		heap.Push(&p.due, e)
+		if e.idx == 0 {
+			p.armLocked() // the new earliest
+		}
 	}
 	return nil
+}
+
+// armLocked sets the timer for the earliest deadline. A deadline taken out
+// early leaves the timer where it was: the early call finds nothing due and
+// arms it again.
+func (p *parker) armLocked() {
+	if len(p.due) == 0 {
+		return
+	}
+	d := time.Duration(p.due[0].at - monoNow())
+	if p.timer == nil {
+		p.timer = time.AfterFunc(d, p.expire)
+		return
+	}
+	p.timer.Reset(d)
+}
+
+// expire resumes every pump whose deadline has passed.
+func (p *parker) expire() {
+	p.mu.Lock()
+	now := monoNow()
+	var ids []uint64
+	for len(p.due) > 0 && p.due[0].at <= now {
+		ids = append(ids, heap.Pop(&p.due).(*parkEntry).id)
+	}
+	p.armLocked()
+	p.mu.Unlock()
+	for _, id := range ids {
+		p.fire(id, os.ErrDeadlineExceeded)
+	}
 }
 
 // take removes a parked entry; nil if it was already fired or taken.
@@ -141,8 +205,8 @@ func (p *parker) take(id uint64) *parkEntry {
 		return nil
 	}
 	delete(p.parked, id)
-	if e.timer != nil {
-		e.timer.Stop()
+	if e.idx >= 0 {
+		heap.Remove(&p.due, e.idx)
 	}
 	return e
 }
@@ -202,6 +266,9 @@ func (p *parker) close() {
 		return
 	}
 	p.closed = true
+	if p.timer != nil {
+		p.timer.Stop()
+	}
 	ids := make([]uint64, 0, len(p.parked))
 	for id := range p.parked {
 		ids = append(ids, id)

@@ -3,7 +3,10 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"net"
+	"os"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,4 +171,86 @@ func TestParkedSessionsEndEveryWay(t *testing.T) {
 		}
 	}
 	waitSessions(t, srv, 0)
+}
+
+// TestParkerDeadlines: pumps parked with deadlines are resumed once each,
+// in deadline order and not before; one taken out early is not resumed by
+// its deadline; one parked later with an earlier deadline moves the timer.
+func TestParkerDeadlines(t *testing.T) {
+	p, err := newParker()
+	if p == nil || err != nil {
+		t.Skip("no parker on this platform")
+	}
+	defer p.close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conn := func() *waitConn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); srv.Close() })
+		return newWaitConn(srv, false).(*waitConn)
+	}
+	type woke struct {
+		name string
+		err  error
+		at   time.Time
+	}
+	got := make(chan woke, 10)
+	start := time.Now()
+	park := func(name string, after time.Duration) (*atomic.Uint64, time.Time) {
+		slot := new(atomic.Uint64)
+		d := start.Add(after)
+		if err := p.park(conn(), slot, d, func(err error) { got <- woke{name, err, time.Now()} }); err != nil {
+			t.Fatal(err)
+		}
+		return slot, d
+	}
+	_, dLate := park("late", 1300*time.Millisecond)
+	cancel, _ := park("cancelled", time.Second)
+	_, dMid := park("mid", 1100*time.Millisecond)
+	_, dEarly := park("early", 200*time.Millisecond) // parked last, due first
+	p.unpark(cancel)
+	want := []struct {
+		name string
+		err  error
+		due  time.Time
+	}{{"cancelled", errUnparked, time.Time{}}, {"early", os.ErrDeadlineExceeded, dEarly}, {"mid", os.ErrDeadlineExceeded, dMid}, {"late", os.ErrDeadlineExceeded, dLate}}
+	for _, w := range want {
+		select {
+		case g := <-got:
+			if g.name != w.name || g.err != w.err {
+				t.Fatalf("woke %s with %v, want %s with %v", g.name, g.err, w.name, w.err)
+			}
+			if g.at.Before(w.due) {
+				t.Fatalf("%s woke %v before its deadline", g.name, w.due.Sub(g.at))
+			}
+			// The timer was armed for the cancelled pump's deadline when
+			// the earlier one parked: it must have moved.
+			if w.name == "early" && g.at.After(start.Add(900*time.Millisecond)) {
+				t.Fatalf("early woke %v after parking, not at its deadline", g.at.Sub(start))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s never woke", w.name)
+		}
+	}
+	select {
+	case g := <-got:
+		t.Fatalf("%s woke twice (%v)", g.name, g.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	p.mu.Lock()
+	n := len(p.due)
+	p.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d deadlines left after all fired", n)
+	}
 }
