@@ -7,6 +7,7 @@ package proxy
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -18,26 +19,38 @@ import (
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
-// TestForwardingAllocatesNothing: a permitted QoS 1 publish whose decision
-// is cached, and its PUBACK, cross moat without a heap allocation (the
-// budget in DESIGN.md). Counted over many packets, so the odd runtime
-// allocation does not matter; a per-packet one does.
-func TestForwardingAllocatesNothing(t *testing.T) {
+// allocSession connects an MQTT 5 client as id to moat enforcing rules,
+// in front of a fake broker whose end it returns. Rate budgets are on but
+// too large to pace (their check is on the path), and the in-flight quota
+// is off: the clients here do not wait for acks.
+func allocSession(t *testing.T, rules, id string, edit func(*config.Config)) (*mqtttest.Raw, net.Conn) {
+	t.Helper()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.rego"), []byte("package moat.authz\nallow := true\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "p.rego"), []byte(rules), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	addr, conns := fakeBroker(t)
 	srv := newTestServer(t, addr, func(c *config.Config) {
 		c.Policy = &config.Policy{Mode: config.ModeEnforce, Paths: []string{dir}}
-		c.Limits.MaxInflight = -1 // the client below does not wait for acks
-		// Budgets on, but too large to pace: their check is on the path.
+		c.Limits.MaxInflight = -1
 		c.Limits.Rate = config.ClientRate{PublishPerSecond: 1e9, BytesPerSecond: 1 << 40}
+		if edit != nil {
+			edit(c)
+		}
 	})
 	c := mqtttest.DialRaw(t, srv.Addr("mqtt").String(), nil)
-	c.Connect(codec.V5, "alloc", 30)
+	c.Connect(codec.V5, id, 30)
 	broker := <-conns
-	defer broker.Close()
+	t.Cleanup(func() { broker.Close() })
+	return c, broker
+}
+
+// TestForwardingAllocatesNothing: a permitted QoS 1 publish whose decision
+// is cached, and its PUBACK, cross moat without a heap allocation (the
+// budget in DESIGN.md). Counted over many packets, so the odd runtime
+// allocation does not matter; a per-packet one does.
+func TestForwardingAllocatesNothing(t *testing.T) {
+	c, broker := allocSession(t, "package moat.authz\nallow := true\n", "alloc", nil)
 	pub, _ := (&codec.Publish{QoS: 1, PacketID: 1, Topic: []byte("a/b"), Payload: make([]byte, 64)}).Append(nil, codec.V5)
 	ack, _ := (&codec.Ack{PacketType: codec.PUBACK, PacketID: 1}).Append(nil, codec.V5)
 	go func() {
@@ -92,22 +105,11 @@ func allocsPerPacket(t *testing.T, c *mqtttest.Raw, r *codec.Reader, burst []byt
 // pauses every other session would feel. The decision log's own lines are
 // rate limited and counted in the budget.
 func TestDenyingAllocatesNothing(t *testing.T) {
-	dir := t.TempDir()
 	rules := "package moat.authz\nimport rego.v1\nallow if input.action == \"connect\"\n"
-	if err := os.WriteFile(filepath.Join(dir, "p.rego"), []byte(rules), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	addr, conns := fakeBroker(t)
-	srv := newTestServer(t, addr, func(c *config.Config) {
-		c.Policy = &config.Policy{Mode: config.ModeEnforce, Paths: []string{dir}, DecisionLog: config.DecisionLog{File: filepath.Join(dir, "decisions.jsonl")}}
-		c.Limits.MaxInflight = -1
+	c, _ := allocSession(t, rules, "denied", func(c *config.Config) {
+		c.Policy.DecisionLog = config.DecisionLog{File: filepath.Join(c.Policy.Paths[0], "decisions.jsonl")}
 		c.Bans.Denials = -1 // the flood is the point: no ban
-		c.Limits.Rate = config.ClientRate{PublishPerSecond: 1e9, BytesPerSecond: 1 << 40}
 	})
-	c := mqtttest.DialRaw(t, srv.Addr("mqtt").String(), nil)
-	c.Connect(codec.V5, "denied", 30)
-	broker := <-conns
-	defer broker.Close()
 	pub, _ := (&codec.Publish{QoS: 1, PacketID: 7, Topic: []byte("a/b"), Payload: make([]byte, 64)}).Append(nil, codec.V5)
 	c.Conn.SetReadDeadline(time.Time{})
 	acks := codec.NewReader(c.Conn, 0)

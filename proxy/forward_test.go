@@ -126,27 +126,77 @@ func readFull(c net.Conn, b []byte) (int, error) {
 type batchConn struct {
 	net.Conn
 	mu   sync.Mutex
-	hold bool
+	held bool
 	buf  []byte
 }
 
 func (c *batchConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.hold {
+	if c.held {
 		c.buf = append(c.buf, b...)
 		return len(b), nil
 	}
 	return c.Conn.Write(b)
 }
 
+// hold starts queueing writes.
+func (c *batchConn) hold() {
+	c.mu.Lock()
+	c.held = true
+	c.mu.Unlock()
+}
+
 func (c *batchConn) flush() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.hold = false
+	c.held = false
 	_, err := c.Conn.Write(c.buf)
 	c.buf = nil
 	return err
+}
+
+// tlsTestConfig is a server config with a plain and a TLS listener in
+// front of broker, and the directory its generated certificates are in.
+func tlsTestConfig(t *testing.T, broker string) (*config.Config, string) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := devpki.Ensure(dir); err != nil {
+		t.Fatal(err)
+	}
+	return &config.Config{
+		Listeners: []config.Listener{
+			{Name: "mqtt", Address: "127.0.0.1:0", Transport: "tcp"},
+			{Name: "mqtts", Address: "127.0.0.1:0", Transport: "tls",
+				TLS: &config.ServerTLS{CertFile: filepath.Join(dir, devpki.ServerCert), KeyFile: filepath.Join(dir, devpki.ServerKey), ClientAuth: "none"}},
+		},
+		Upstream: config.Upstream{Address: broker, DialTimeout: time.Second},
+		Auth:     config.Auth{Anonymous: true},
+		Policy:   &config.Policy{Mode: config.ModeAllowAll},
+		Limits:   config.Limits{ConnectTimeout: 2 * time.Second},
+		Shutdown: config.Shutdown{DrainTimeout: time.Second},
+	}, dir
+}
+
+// dialBatched connects as id to srv's TLS listener through a batchConn,
+// trusting the certificates in dir, so the test can hold TLS records back
+// and send them in one write.
+func dialBatched(t *testing.T, srv *Server, dir, id string) (*mqtttest.Raw, *batchConn) {
+	t.Helper()
+	pem, err := os.ReadFile(filepath.Join(dir, devpki.CACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	tcp, err := net.Dial("tcp", srv.Addr("mqtts").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := &batchConn{Conn: tcp}
+	c := mqtttest.NewRaw(t, tls.Client(bc, &tls.Config{RootCAs: pool, ServerName: "localhost"}))
+	c.Connect(codec.V311, id, 30)
+	return c, bc
 }
 
 // countingConn counts moat's writes to the broker. It hides the socket
@@ -167,20 +217,8 @@ func (c *countingConn) Write(b []byte) (int, error) {
 // one write per record.
 func TestRecordsCoalesced(t *testing.T) {
 	broker := mqtttest.Start(t, "")
-	dir := t.TempDir()
-	if _, err := devpki.Ensure(dir); err != nil {
-		t.Fatal(err)
-	}
+	cfg, dir := tlsTestConfig(t, broker.Addr)
 	var up atomic.Pointer[countingConn]
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Name: "mqtts", Address: "127.0.0.1:0", Transport: "tls",
-			TLS: &config.ServerTLS{CertFile: filepath.Join(dir, devpki.ServerCert), KeyFile: filepath.Join(dir, devpki.ServerKey), ClientAuth: "none"}}},
-		Upstream: config.Upstream{Address: broker.Addr, DialTimeout: time.Second},
-		Auth:     config.Auth{Anonymous: true},
-		Policy:   &config.Policy{Mode: config.ModeAllowAll},
-		Limits:   config.Limits{ConnectTimeout: 2 * time.Second},
-		Shutdown: config.Shutdown{DrainTimeout: time.Second},
-	}
 	srv := startTestServer(t, cfg, func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err != nil {
@@ -190,27 +228,13 @@ func TestRecordsCoalesced(t *testing.T) {
 		up.Store(cc)
 		return cc, nil
 	})
-	pem, err := os.ReadFile(filepath.Join(dir, devpki.CACert))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	tcp, err := net.Dial("tcp", srv.Addr("mqtts").String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc := &batchConn{Conn: tcp}
-	c := mqtttest.NewRaw(t, tls.Client(bc, &tls.Config{RootCAs: pool, ServerName: "localhost"}))
-	c.Connect(codec.V311, "records", 30)
+	c, bc := dialBatched(t, srv, dir, "records")
 	cc := up.Load()
 	writes0, bytes0 := cc.writes.Load(), cc.bytes.Load()
 
 	const n = 10
 	var want int64
-	bc.mu.Lock()
-	bc.hold = true
-	bc.mu.Unlock()
+	bc.hold()
 	for i := range n {
 		p := &codec.Publish{Topic: []byte("records/t"), Payload: []byte{byte(i)}}
 		b, _ := p.Append(nil, codec.V311)
@@ -238,29 +262,8 @@ func TestRecordsCoalesced(t *testing.T) {
 // with the next record cut short.
 func TestForwardedBeforePartialPacket(t *testing.T) {
 	broker := mqtttest.Start(t, "")
-	dir := t.TempDir()
-	if _, err := devpki.Ensure(dir); err != nil {
-		t.Fatal(err)
-	}
-	cfg := &config.Config{
-		Listeners: []config.Listener{
-			{Name: "mqtt", Address: "127.0.0.1:0", Transport: "tcp"},
-			{Name: "mqtts", Address: "127.0.0.1:0", Transport: "tls",
-				TLS: &config.ServerTLS{CertFile: filepath.Join(dir, devpki.ServerCert), KeyFile: filepath.Join(dir, devpki.ServerKey), ClientAuth: "none"}},
-		},
-		Upstream: config.Upstream{Address: broker.Addr, DialTimeout: time.Second},
-		Auth:     config.Auth{Anonymous: true},
-		Policy:   &config.Policy{Mode: config.ModeAllowAll},
-		Limits:   config.Limits{ConnectTimeout: 2 * time.Second},
-		Shutdown: config.Shutdown{DrainTimeout: time.Second},
-	}
+	cfg, dir := tlsTestConfig(t, broker.Addr)
 	srv := startTestServer(t, cfg, nil)
-	pem, err := os.ReadFile(filepath.Join(dir, devpki.CACert))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
 	a, _ := (&codec.Publish{QoS: 1, PacketID: 1, Topic: []byte("partial/a"), Payload: []byte("a")}).Append(nil, codec.V311)
 	b, _ := (&codec.Publish{QoS: 1, PacketID: 2, Topic: []byte("partial/b"), Payload: make([]byte, 4000)}).Append(nil, codec.V311)
 
@@ -294,21 +297,14 @@ func TestForwardedBeforePartialPacket(t *testing.T) {
 		}
 	})
 	t.Run("tls", func(t *testing.T) {
-		tcp, err := net.Dial("tcp", srv.Addr("mqtts").String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		bc := &batchConn{Conn: tcp}
-		c := mqtttest.NewRaw(t, tls.Client(bc, &tls.Config{RootCAs: pool, ServerName: "localhost"}))
-		c.Connect(codec.V311, "partial-tls", 30)
-		bc.mu.Lock()
-		bc.hold = true
-		bc.mu.Unlock()
+		c, bc := dialBatched(t, srv, dir, "partial-tls")
+		tcp := bc.Conn
+		bc.hold()
 		c.Send(a)
 		c.Send(b)
 		bc.mu.Lock()
 		held := bc.buf
-		bc.buf, bc.hold = nil, false
+		bc.buf, bc.held = nil, false
 		bc.mu.Unlock()
 		cut := len(held) - 1000 // inside the second record
 		if _, err := tcp.Write(held[:cut]); err != nil {
