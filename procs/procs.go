@@ -1,0 +1,152 @@
+// Package procs sizes the Go scheduler (GOMAXPROCS) to moat's load.
+//
+// A proxy's work per packet is small: a read, a few microseconds of
+// checks, a write. With more Ps than the load needs, every packet that
+// wakes a pump also wakes an idle thread to look for more work, which
+// finds none and sleeps again on a futex. On a two-core box shared with
+// the broker those hand-offs were a sixth of moat's CPU per message
+// (docs/benchmarks.md). The controller keeps as few Ps as keep up. Every
+// interval it reads the process's CPU time and how long runnable
+// goroutines waited for a P; it adds Ps at once when the ones it has are
+// saturated or goroutines queue for them, and gives them back only when
+// the load has stayed low for a while.
+package procs
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"runtime"
+	"time"
+)
+
+// Tuning. Raising is immediate, so a burst costs at most one interval at
+// too few Ps; lowering waits for a calm spell and for the last raise to
+// be a while ago, so a load near a threshold does not make the
+// controller flap (each change stops the world for microseconds).
+const (
+	DefaultInterval = 100 * time.Millisecond
+	// DefaultCalmFor is how long the load must allow fewer Ps before
+	// they go.
+	DefaultCalmFor = 2 * time.Second
+	// DefaultHold keeps a raise for at least this long.
+	DefaultHold = 5 * time.Second
+	// saturated: Ps this busy (CPU time per P per wall time) are full.
+	saturated = 0.9
+	// target is the busy share per P that lowering aims at. One P fewer
+	// runs the same load with fewer hand-offs, so a little cheaper: the
+	// gap to saturated is the room that keeps a lowered count.
+	target = 0.75
+	// queued: when half the goroutines that became runnable waited this
+	// long for a P, they are queueing (a message fanned out to many
+	// subscribers wakes them all at once), whatever the CPU time says.
+	queued = 250 * time.Microsecond
+	// minWaits is the fewest sampled waits the median is judged on.
+	minWaits = 20
+)
+
+// Controller adjusts GOMAXPROCS between 1 and Max.
+type Controller struct {
+	Max      int           // the cores moat may use: GOMAXPROCS at start
+	Interval time.Duration // how often the load is sampled
+	CalmFor  time.Duration // how long a low load lasts before Ps go
+	Hold     time.Duration // the least time Ps stay after a raise
+	Log      *slog.Logger
+
+	// cpu returns the process's CPU time so far (negative: unknown);
+	// wait returns the median time runnable goroutines waited for a P
+	// since its last call (0 when too few waited); set sets GOMAXPROCS
+	// (n < 1 only reads it) and returns the previous setting. Replaced
+	// in tests.
+	cpu  func() time.Duration
+	wait func() time.Duration
+	set  func(n int) int
+
+	p      int       // Ps now
+	lastUp time.Time // last raise
+	// The calm spell: samples in a row that neither raised nor queued,
+	// and their busy cores added up.
+	calm    int
+	calmSum float64
+}
+
+// New returns a controller for up to max Ps.
+func New(max int, log *slog.Logger) *Controller {
+	return &Controller{Max: max, Interval: DefaultInterval, CalmFor: DefaultCalmFor, Hold: DefaultHold, Log: log,
+		cpu: processCPU, wait: newSchedWaits().median, set: runtime.GOMAXPROCS}
+}
+
+// Run samples and adjusts until ctx ends, then restores Max Ps. Where the
+// process's CPU time cannot be read it returns at once.
+func (c *Controller) Run(ctx context.Context) {
+	if c.cpu() < 0 {
+		return
+	}
+	c.p = c.set(0)
+	t := time.NewTicker(c.Interval)
+	defer t.Stop()
+	lastCPU, lastAt := c.cpu(), time.Now()
+	c.wait()
+	for {
+		select {
+		case <-ctx.Done():
+			if c.p != c.Max {
+				c.set(c.Max)
+			}
+			return
+		case now := <-t.C:
+			cpu, wait := c.cpu(), c.wait()
+			wall := now.Sub(lastAt)
+			if wall <= 0 {
+				continue
+			}
+			busy := float64(cpu-lastCPU) / float64(wall) // cores in use
+			lastCPU, lastAt = cpu, now
+			if n := c.decide(busy, wait, now); n != c.p {
+				if c.Log != nil {
+					c.Log.Debug("scheduler resized", "procs", n, "was", c.p,
+						"busy_cores", math.Round(busy*100)/100, "median_wait", wait.String())
+				}
+				c.set(n)
+				c.p = n
+			}
+		}
+	}
+}
+
+// decide returns the Ps for the next interval, given the cores the
+// process used in the last one and the median wait for a P.
+func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int {
+	p := c.p
+	full := busy >= saturated*float64(p)
+	if full || wait >= queued {
+		c.calm, c.calmSum = 0, 0
+		if p >= c.Max {
+			return p
+		}
+		// Busy Ps hide the real demand: at least double.
+		c.lastUp = now
+		return min(c.Max, max(2*p, need(busy, target)))
+	}
+	if p == 1 {
+		return p
+	}
+	c.calm++
+	c.calmSum += busy
+	if time.Duration(c.calm)*c.Interval < c.CalmFor {
+		return p
+	}
+	// The spell is long enough: size for its mean load, and start the
+	// next spell.
+	want := max(1, need(c.calmSum/float64(c.calm), target))
+	c.calm, c.calmSum = 0, 0
+	if want >= p || now.Sub(c.lastUp) < c.Hold {
+		return p
+	}
+	return want
+}
+
+// need is the Ps that carry busy cores at share per P.
+func need(busy, share float64) int {
+	return int(math.Ceil(busy / share))
+}

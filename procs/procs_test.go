@@ -1,0 +1,285 @@
+package procs
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// controller returns a controller at p of max Ps, sampled every 100 ms.
+func controller(p, max int) *Controller {
+	c := New(max, nil)
+	c.p = p
+	return c
+}
+
+// sample is one interval's load: busy cores and the median wait for a P.
+type sample struct {
+	busy float64
+	wait time.Duration
+}
+
+// feed runs samples through decide, one interval apart from start, and
+// returns the Ps after each.
+func feed(c *Controller, start time.Time, samples ...sample) []int {
+	out := make([]int, len(samples))
+	for i, s := range samples {
+		c.p = c.decide(s.busy, s.wait, start.Add(time.Duration(i+1)*c.Interval))
+		out[i] = c.p
+	}
+	return out
+}
+
+func repeat(s sample, n int) []sample {
+	out := make([]sample, n)
+	for i := range out {
+		out[i] = s
+	}
+	return out
+}
+
+var calmSamples = int(DefaultCalmFor / DefaultInterval)
+
+func TestDecideRaisesAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		p, max     int
+		busy       float64
+		wait       time.Duration
+		want       int
+		wantRaised bool
+	}{
+		{"one P saturated doubles", 1, 8, 0.95, 0, 2, true},
+		{"four Ps saturated double", 4, 8, 3.7, 0, 8, true},
+		{"doubling is capped at max", 3, 4, 2.8, 0, 4, true},
+		{"at max nothing changes", 2, 2, 2.0, time.Second, 2, false},
+		{"below saturation nothing changes", 2, 8, 1.7, 100 * time.Microsecond, 2, false},
+		// Non-P threads can push busy past the Ps: size by demand.
+		{"demand above double", 1, 16, 3.0, 0, 4, true},
+		// A fan-out: goroutines queue for the P it has while the CPU
+		// time looks moderate.
+		{"queueing raises", 1, 2, 0.6, 2 * time.Millisecond, 2, true},
+		{"queueing at the threshold raises", 2, 8, 0.3, queued, 4, true},
+		{"a wait under the threshold does not", 2, 8, 0.3, queued - time.Microsecond, 2, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := controller(tc.p, tc.max)
+			now := time.Unix(1000, 0)
+			if got := c.decide(tc.busy, tc.wait, now); got != tc.want {
+				t.Fatalf("decide(%.2f, %v) at %d of %d Ps = %d, want %d", tc.busy, tc.wait, tc.p, tc.max, got, tc.want)
+			}
+			if raised := c.lastUp.Equal(now); raised != tc.wantRaised {
+				t.Fatalf("raise recorded = %v, want %v", raised, tc.wantRaised)
+			}
+		})
+	}
+}
+
+func TestDecideLowersAfterCalm(t *testing.T) {
+	start := time.Unix(1000, 0)
+	c := controller(4, 4)
+	// 0.5 cores needs one P at the target share: nothing happens until
+	// the calm spell is complete, then the Ps drop straight to that.
+	got := feed(c, start, repeat(sample{busy: 0.5, wait: 20 * time.Microsecond}, calmSamples)...)
+	for i, p := range got[:calmSamples-1] {
+		if p != 4 {
+			t.Fatalf("sample %d: lowered to %d before %v of calm", i, p, DefaultCalmFor)
+		}
+	}
+	if got[calmSamples-1] != 1 {
+		t.Fatalf("after %v at 0.5 cores: %d Ps, want 1", DefaultCalmFor, got[calmSamples-1])
+	}
+
+	// The spell is sized by its mean: one busier sample does not keep
+	// every P, a busier spell keeps more.
+	c = controller(4, 4)
+	spell := repeat(sample{busy: 0.5}, calmSamples)
+	spell[5].busy = 2.5
+	if last := feed(c, start, spell...)[calmSamples-1]; last != 1 {
+		t.Fatalf("spell of 0.5 cores with one 2.5 sample: %d Ps, want 1", last)
+	}
+	c = controller(4, 4)
+	if last := feed(c, start, repeat(sample{busy: 1.6}, calmSamples)...)[calmSamples-1]; last != 3 {
+		t.Fatalf("spell of 1.6 cores: %d Ps, want 3 (1.6/%.2f rounded up)", last, target)
+	}
+	c = controller(2, 2)
+	if last := feed(c, start, repeat(sample{busy: 0.8}, calmSamples)...)[calmSamples-1]; last != 2 {
+		t.Fatalf("spell of 0.8 cores: lowered to %d Ps, want 2 kept", last)
+	}
+}
+
+func TestDecideCalmIsBrokenByLoad(t *testing.T) {
+	start := time.Unix(1000, 0)
+	for _, breaker := range []sample{{busy: 1.9}, {busy: 0.3, wait: time.Millisecond}} {
+		c := controller(2, 2)
+		// A sample that saturates or queues restarts the spell.
+		s := repeat(sample{busy: 0.3}, calmSamples-1)
+		s = append(s, breaker)
+		s = append(s, repeat(sample{busy: 0.3}, calmSamples-1)...)
+		for i, p := range feed(c, start, s...) {
+			if p != 2 {
+				t.Fatalf("breaker %+v, sample %d: lowered to %d though the calm spell was broken", breaker, i, p)
+			}
+		}
+		if got := feed(c, start.Add(time.Hour), sample{busy: 0.3}); got[0] != 1 {
+			t.Fatalf("breaker %+v: the spell's last sample left %d Ps, want 1", breaker, got[0])
+		}
+	}
+}
+
+func TestDecideHoldsARaise(t *testing.T) {
+	start := time.Unix(1000, 0)
+	c := controller(1, 2)
+	if got := feed(c, start, sample{busy: 0.95}); got[0] != 2 {
+		t.Fatalf("saturated 1 P went to %d, want 2", got[0])
+	}
+	// Quiet right after the raise: calm spells complete but the hold
+	// keeps the Ps until it has passed.
+	n := int(DefaultHold/DefaultInterval) - 1
+	for i, p := range feed(c, start.Add(DefaultInterval), repeat(sample{busy: 0.1}, n)...) {
+		if p != 2 {
+			t.Fatalf("sample %d after the raise: lowered to %d within %v", i, p, DefaultHold)
+		}
+	}
+	got := feed(c, start.Add(DefaultHold+time.Second), repeat(sample{busy: 0.1}, calmSamples)...)
+	if got[calmSamples-1] != 1 {
+		t.Fatalf("a calm spell after the hold: %d Ps, want 1", got[calmSamples-1])
+	}
+}
+
+// A steady load does not make the controller flap: one P carries, a
+// little cheaper, a load that two Ps ran under the target share.
+func TestDecideSteadyLoadSettles(t *testing.T) {
+	start := time.Unix(1000, 0)
+	c := controller(2, 2)
+	changes := 0
+	prev := c.p
+	for i := 0; i < 600; i++ { // a minute
+		s := sample{busy: 0.7, wait: 30 * time.Microsecond} // two Ps
+		if c.p == 1 {
+			s.busy = 0.6 // the same load on one P, without the hand-offs
+		}
+		c.p = c.decide(s.busy, s.wait, start.Add(time.Duration(i)*c.Interval))
+		if c.p != prev {
+			changes++
+			prev = c.p
+		}
+	}
+	if c.p != 1 || changes != 1 {
+		t.Fatalf("steady load: ended at %d Ps after %d changes, want 1 after 1", c.p, changes)
+	}
+}
+
+// Run drives GOMAXPROCS through set from the CPU time it reads, and gives
+// back every P when it stops.
+func TestRunFollowsLoad(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		procs = 4
+		load  = 0.1 // cores the fake process uses
+		cpu   time.Duration
+		last  = time.Now()
+		calls []int
+	)
+	c := New(4, nil)
+	c.wait = func() time.Duration { return 0 }
+	c.Interval = 2 * time.Millisecond
+	c.CalmFor = 20 * time.Millisecond
+	c.Hold = 20 * time.Millisecond
+	c.cpu = func() time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		now := time.Now()
+		cpu += time.Duration(load * float64(now.Sub(last)))
+		last = now
+		return cpu
+	}
+	c.set = func(n int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if n > 0 {
+			procs = n
+			calls = append(calls, n)
+		}
+		return procs
+	}
+	get := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return procs
+	}
+	waitFor := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for get() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("GOMAXPROCS stayed at %d, want %d", get(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+
+	waitFor(1) // idle: down to one P
+	mu.Lock()
+	load = 8 // far past one P: demand decides
+	mu.Unlock()
+	waitFor(4)
+	mu.Lock()
+	load = 0.1
+	mu.Unlock()
+	waitFor(1)
+	mu.Lock()
+	load = 0
+	mu.Unlock()
+	cancel()
+	<-done
+	if got := get(); got != 4 {
+		t.Fatalf("after Run ended GOMAXPROCS is %d, want the max 4", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, n := range calls {
+		if n < 1 || n > 4 {
+			t.Fatalf("set GOMAXPROCS to %d, outside 1..4 (calls %v)", n, calls)
+		}
+	}
+}
+
+// The median wait comes from the runtime: goroutines made runnable while
+// the only P is busy wait at least as long as it stays busy.
+func TestSchedWaitsMedian(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	w := newSchedWaits()
+	w.median()
+	if got := w.median(); got != 0 {
+		t.Fatalf("nothing ran: median %v, want 0", got)
+	}
+	const n, hold = 2000, 5 * time.Millisecond
+	start := make(chan struct{})
+	var ready, wg sync.WaitGroup
+	for range n {
+		ready.Add(1)
+		wg.Add(1)
+		go func() { ready.Done(); <-start; wg.Done() }()
+	}
+	ready.Wait()
+	time.Sleep(time.Millisecond) // every one blocked on start
+	w.median()                   // the baseline: their starts are not counted
+	done := make(chan struct{})
+	go func() {
+		close(start) // all runnable, and this goroutine keeps the P
+		for t0 := time.Now(); time.Since(t0) < hold; {
+		}
+		close(done)
+	}()
+	<-done
+	wg.Wait()
+	if got := w.median(); got < hold/2 {
+		t.Fatalf("%d goroutines waited behind a %v spin: median %v, want at least %v", n, hold, got, hold/2)
+	}
+}
