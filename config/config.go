@@ -46,6 +46,27 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// Admin is the operators' HTTP interface: metrics, health, JSON API.
 	Admin Admin `yaml:"admin"`
+	// Runtime sizes the Go runtime moat runs on.
+	Runtime Runtime `yaml:"runtime"`
+}
+
+// Runtime sizes the Go runtime.
+type Runtime struct {
+	// Procs is how many threads run Go code at once (GOMAXPROCS): auto
+	// (default) uses as few as keep up with the load, up to every core
+	// moat may use, because each idle one costs thread wake-ups on every
+	// packet; a number fixes it. The GOMAXPROCS environment variable, when
+	// set, wins over both. Read at start.
+	Procs string `yaml:"procs"`
+}
+
+// ProcsAuto is Runtime.Procs's default.
+const ProcsAuto = "auto"
+
+// FixedProcs returns the fixed thread count, or 0 for auto.
+func (r Runtime) FixedProcs() int {
+	n, _ := strconv.Atoi(r.Procs)
+	return n
 }
 
 // Admin is the operators' HTTP interface. /metrics, /healthz and /readyz
@@ -582,7 +603,7 @@ func Parse(data []byte) (*Config, error) {
 var yamlSections = map[string]string{
 	"config.Config": "the top level", "config.Listener": "a listener", "config.WebSocket": "listener websocket", "config.ServerTLS": "listener tls",
 	"config.Upstream": "upstream", "config.Credentials": "upstream.credentials", "config.ClientTLS": "upstream.tls", "config.Limits": "limits", "config.ClientRate": "limits.rate", "config.ConnectionLimits": "limits.connections", "config.TopicRate": "a topic rate",
-	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.Bans": "bans", "config.Decoys": "decoys", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log", "config.Admin": "admin",
+	"config.Auth": "auth", "config.CertAuth": "auth.certificate", "config.ClientIDAuth": "auth.client_id", "config.BruteForce": "auth.brute_force", "config.JWTAuth": "auth.jwt", "config.Policy": "policy", "config.Payload": "payload", "config.Bans": "bans", "config.Decoys": "decoys", "config.PayloadRule": "a payload rule", "config.PolicyCache": "policy.cache", "config.DecisionLog": "policy.decision_log", "config.Shutdown": "shutdown", "config.Log": "log", "config.Admin": "admin", "config.Runtime": "runtime",
 }
 
 // friendlyYAML rewrites the YAML library's errors in the file's own terms.
@@ -833,6 +854,14 @@ func (c *Config) Validate() error {
 	}
 
 	c.Shutdown.DrainTimeout = positiveDuration(c.Shutdown.DrainTimeout, DefaultDrainTimeout, "shutdown.drain_timeout", bad)
+
+	switch n, err := strconv.Atoi(c.Runtime.Procs); {
+	case c.Runtime.Procs == "":
+		c.Runtime.Procs = ProcsAuto
+	case c.Runtime.Procs == ProcsAuto:
+	case err != nil || n < 1 || n > 4096:
+		bad("runtime.procs", "%q: use auto, or a number of threads from 1 to 4096", c.Runtime.Procs)
+	}
 
 	switch c.Log.Level {
 	case "":

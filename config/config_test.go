@@ -72,8 +72,21 @@ policy: {mode: allow_all}
 	if cfg.Listeners[0].Transport != "tcp" || cfg.Limits.MaxPacketSize != DefaultMaxPacketSize ||
 		cfg.Limits.ConnectTimeout != DefaultConnectTimeout || cfg.Limits.WriteTimeout != DefaultWriteTimeout ||
 		cfg.Upstream.DialTimeout != DefaultDialTimeout || cfg.Shutdown.DrainTimeout != DefaultDrainTimeout ||
-		cfg.Log.Level != "info" || cfg.Log.Format != "json" {
+		cfg.Log.Level != "info" || cfg.Log.Format != "json" || cfg.Runtime.Procs != ProcsAuto || cfg.Runtime.FixedProcs() != 0 {
 		t.Fatalf("defaults not filled: %+v", cfg)
+	}
+}
+
+func TestRuntimeProcs(t *testing.T) {
+	base := "listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\nauth: {anonymous: true}\npolicy: {mode: allow_all}\n"
+	for in, want := range map[string]int{"auto": 0, "1": 1, "\"3\"": 3} {
+		cfg, err := Parse([]byte(base + "runtime: {procs: " + in + "}\n"))
+		if err != nil {
+			t.Fatalf("procs %s: %v", in, err)
+		}
+		if got := cfg.Runtime.FixedProcs(); got != want {
+			t.Fatalf("procs %s: FixedProcs() = %d, want %d", in, got, want)
+		}
 	}
 }
 
@@ -142,6 +155,9 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"proxy protocol bad range", "listeners: [{name: a, address: \"127.0.0.1:1\", proxy_protocol: {trusted: [lb.example]}}]\n" + base + "auth: {anonymous: true}\n", "not an address or CIDR"},
 		{"websocket on tcp", "listeners: [{name: a, address: \"127.0.0.1:1\", websocket: {path: /x}}]\n" + base + "auth: {anonymous: true}\n", "listeners[0].websocket"},
 		{"wss without tls", "listeners: [{name: a, address: \"127.0.0.1:1\", transport: wss}]\n" + base + "auth: {anonymous: true}\n", "listeners[0].tls"},
+		{"zero procs", listener + base + "auth: {anonymous: true}\nruntime: {procs: 0}\n", "runtime.procs"},
+		{"word procs", listener + base + "auth: {anonymous: true}\nruntime: {procs: many}\n", "use auto, or a number"},
+		{"unknown runtime key", listener + base + "auth: {anonymous: true}\nruntime: {gogc: 50}\n", "is not a key of runtime"},
 		{"unknown policy key", listener + "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all, cache: {sise: 5}}\n", "policy.cache"},
 	}
 	for _, c := range cases {

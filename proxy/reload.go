@@ -93,6 +93,7 @@ func (s *Server) Reload(cfg *config.Config) (restart []string, err error) {
 		{"policy", cur.Policy, cfg.Policy},
 		{"admin", cur.Admin, cfg.Admin},
 		{"shutdown", cur.Shutdown, cfg.Shutdown},
+		{"runtime", cur.Runtime, cfg.Runtime},
 	} {
 		if !reflect.DeepEqual(d.old, d.new) {
 			restart = append(restart, d.name)
