@@ -19,9 +19,9 @@ func startProcs(rt config.Runtime, log *slog.Logger) (stop func()) {
 		return func() {}
 	}
 	if n := rt.FixedProcs(); n > 0 {
-		runtime.GOMAXPROCS(n)
+		was := runtime.GOMAXPROCS(n)
 		log.Info("scheduler threads fixed by runtime.procs", "procs", n)
-		return func() {}
+		return func() { runtime.GOMAXPROCS(was) }
 	}
 	max := runtime.GOMAXPROCS(0)
 	if max == 1 {
