@@ -21,16 +21,20 @@ import (
 )
 
 // Tuning. Raising is immediate, so a burst costs at most one interval at
-// too few Ps; lowering waits for a calm spell and for the last raise to
-// be a while ago, so a load near a threshold does not make the
-// controller flap (each change stops the world for microseconds).
+// too few Ps; lowering waits for a calm spell. A raise soon after a
+// lowering means the lowering was wrong (a load that fewer Ps cannot
+// carry, though more Ps carried it under the target): the controller
+// then keeps the raise for a while, twice as long each time it happens
+// again, so such a load does not make it flap.
 const (
 	DefaultInterval = 100 * time.Millisecond
 	// DefaultCalmFor is how long the load must allow fewer Ps before
 	// they go.
 	DefaultCalmFor = 2 * time.Second
-	// DefaultHold keeps a raise for at least this long.
+	// DefaultHold is how long a raise that undid a lowering is kept; it
+	// doubles with each further one, up to maxHold.
 	DefaultHold = 5 * time.Second
+	maxHold     = time.Minute
 	// saturated: Ps this busy (CPU time per P per wall time) are full.
 	saturated = 0.9
 	// target is the busy share per P that lowering aims at. One P fewer
@@ -50,7 +54,7 @@ type Controller struct {
 	Max      int           // the cores moat may use: GOMAXPROCS at start
 	Interval time.Duration // how often the load is sampled
 	CalmFor  time.Duration // how long a low load lasts before Ps go
-	Hold     time.Duration // the least time Ps stay after a raise
+	Hold     time.Duration // how long a raise that undid a lowering is kept
 	Log      *slog.Logger
 
 	// cpu returns the process's CPU time so far (negative: unknown);
@@ -63,7 +67,9 @@ type Controller struct {
 	set  func(n int) int
 
 	p      int       // Ps now
-	lastUp time.Time // last raise
+	lastUp   time.Time     // last raise
+	lastDown time.Time     // last lowering
+	hold     time.Duration // the last raise is kept this long
 	// The calm spell: samples in a row that neither raised nor queued,
 	// and their busy cores added up.
 	calm    int
@@ -124,8 +130,16 @@ func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int
 		if p >= c.Max {
 			return p
 		}
-		// Busy Ps hide the real demand: at least double.
 		c.lastUp = now
+		switch {
+		case c.lastDown.IsZero() || now.Sub(c.lastDown) >= c.Hold:
+			c.hold = 0
+		case c.hold == 0:
+			c.hold = c.Hold
+		default:
+			c.hold = min(2*c.hold, maxHold)
+		}
+		// Busy Ps hide the real demand: at least double.
 		return min(c.Max, max(2*p, need(busy, target)))
 	}
 	if p == 1 {
@@ -140,9 +154,10 @@ func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int
 	// next spell.
 	want := max(1, need(c.calmSum/float64(c.calm), target))
 	c.calm, c.calmSum = 0, 0
-	if want >= p || now.Sub(c.lastUp) < c.Hold {
+	if want >= p || now.Sub(c.lastUp) < c.hold {
 		return p
 	}
+	c.lastDown = now
 	return want
 }
 

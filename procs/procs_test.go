@@ -129,23 +129,49 @@ func TestDecideCalmIsBrokenByLoad(t *testing.T) {
 	}
 }
 
-func TestDecideHoldsARaise(t *testing.T) {
+func TestDecideHoldsARaiseThatUndidALowering(t *testing.T) {
 	start := time.Unix(1000, 0)
+	quiet := repeat(sample{busy: 0.1}, calmSamples)
 	c := controller(1, 2)
+	// A fresh raise is not held: the next calm spell lowers.
 	if got := feed(c, start, sample{busy: 0.95}); got[0] != 2 {
 		t.Fatalf("saturated 1 P went to %d, want 2", got[0])
 	}
-	// Quiet right after the raise: calm spells complete but the hold
-	// keeps the Ps until it has passed.
-	n := int(DefaultHold/DefaultInterval) - 1
-	for i, p := range feed(c, start.Add(DefaultInterval), repeat(sample{busy: 0.1}, n)...) {
-		if p != 2 {
-			t.Fatalf("sample %d after the raise: lowered to %d within %v", i, p, DefaultHold)
-		}
+	now := start.Add(DefaultInterval)
+	if got := feed(c, now, quiet...); got[calmSamples-1] != 1 {
+		t.Fatalf("a calm spell after a fresh raise: %d Ps, want 1", got[calmSamples-1])
 	}
-	got := feed(c, start.Add(DefaultHold+time.Second), repeat(sample{busy: 0.1}, calmSamples)...)
-	if got[calmSamples-1] != 1 {
-		t.Fatalf("a calm spell after the hold: %d Ps, want 1", got[calmSamples-1])
+	now = now.Add(DefaultCalmFor)
+
+	// The lowering is undone at once: the raise is held for Hold, and
+	// for twice as long the next time.
+	for _, hold := range []time.Duration{DefaultHold, 2 * DefaultHold, 4 * DefaultHold} {
+		if got := feed(c, now, sample{busy: 0.95}); got[0] != 2 {
+			t.Fatalf("saturated 1 P went to %d, want 2", got[0])
+		}
+		raised := now.Add(DefaultInterval)
+		spells := int((hold - DefaultInterval) / DefaultCalmFor) // each ends inside the hold
+		for i := 0; i < spells; i++ {
+			at := raised.Add(time.Duration(i) * DefaultCalmFor)
+			if got := feed(c, at, quiet...); got[calmSamples-1] != 2 {
+				t.Fatalf("hold %v: calm spell %d lowered to %d within the hold", hold, i, got[calmSamples-1])
+			}
+		}
+		now = raised.Add(time.Duration(spells) * DefaultCalmFor)
+		if now.Sub(raised) < hold {
+			now = raised.Add(hold)
+		}
+		if got := feed(c, now, quiet...); got[calmSamples-1] != 1 {
+			t.Fatalf("hold %v: a calm spell after it left %d Ps, want 1", hold, got[calmSamples-1])
+		}
+		now = now.Add(DefaultCalmFor)
+	}
+
+	// A raise long after the last lowering starts afresh: no hold.
+	now = now.Add(time.Minute)
+	feed(c, now, sample{busy: 0.95})
+	if got := feed(c, now.Add(DefaultInterval), quiet...); got[calmSamples-1] != 1 {
+		t.Fatalf("a raise a minute after the last lowering was held: %d Ps", got[calmSamples-1])
 	}
 }
 
