@@ -66,7 +66,7 @@ type Controller struct {
 	wait func() time.Duration
 	set  func(n int) int
 
-	p      int       // Ps now
+	p        int           // Ps now
 	lastUp   time.Time     // last raise
 	lastDown time.Time     // last lowering
 	hold     time.Duration // the last raise is kept this long
