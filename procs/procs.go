@@ -47,6 +47,14 @@ const (
 	queued = 250 * time.Microsecond
 	// minWaits is the fewest sampled waits the median is judged on.
 	minWaits = 20
+	// A spell lighter than spareBelow cores keeps a second P, and at one
+	// P one lighter than spareBackBelow gets it back (one P runs the same
+	// load a little cheaper: the gap keeps the two from alternating).
+	// There the hand-offs a spare P costs come to a percent or two of a
+	// core, and a spare P kept the tail latency of sparse traffic lower
+	// (docs/benchmarks.md, sixth pass).
+	spareBelow     = 0.25
+	spareBackBelow = 0.15
 )
 
 // Controller adjusts GOMAXPROCS between 1 and Max.
@@ -142,9 +150,6 @@ func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int
 		// Busy Ps hide the real demand: at least double.
 		return min(c.Max, max(2*p, need(busy, target)))
 	}
-	if p == 1 {
-		return p
-	}
 	c.calm++
 	c.calmSum += busy
 	if time.Duration(c.calm)*c.Interval < c.CalmFor {
@@ -152,8 +157,15 @@ func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int
 	}
 	// The spell is long enough: size for its mean load, and start the
 	// next spell.
-	want := max(1, need(c.calmSum/float64(c.calm), target))
+	mean := c.calmSum / float64(c.calm)
 	c.calm, c.calmSum = 0, 0
+	want := max(1, need(mean, target))
+	if want == 1 && c.Max >= 2 && (mean < spareBackBelow || p >= 2 && mean < spareBelow) {
+		if p == 1 {
+			return 2 // light traffic: the spare P comes back
+		}
+		want = 2
+	}
 	if want >= p || now.Sub(c.lastUp) < c.hold {
 		return p
 	}

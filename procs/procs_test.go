@@ -131,7 +131,7 @@ func TestDecideCalmIsBrokenByLoad(t *testing.T) {
 
 func TestDecideHoldsARaiseThatUndidALowering(t *testing.T) {
 	start := time.Unix(1000, 0)
-	quiet := repeat(sample{busy: 0.1}, calmSamples)
+	quiet := repeat(sample{busy: 0.4}, calmSamples) // one P carries it
 	c := controller(1, 2)
 	// A fresh raise is not held: the next calm spell lowers.
 	if got := feed(c, start, sample{busy: 0.95}); got[0] != 2 {
@@ -175,6 +175,37 @@ func TestDecideHoldsARaiseThatUndidALowering(t *testing.T) {
 	}
 }
 
+func TestDecideKeepsASpareAtLightLoad(t *testing.T) {
+	start := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		name   string
+		p, max int
+		busy   float64
+		want   int
+	}{
+		{"two Ps, light", 2, 2, 0.1, 2},
+		{"two Ps, just under the spare line", 2, 2, spareBelow - 0.01, 2},
+		{"two Ps, over it", 2, 2, spareBelow + 0.05, 1},
+		{"eight Ps, idle", 8, 8, 0, 2},
+		{"one P, light: the spare comes back", 1, 2, 0.1, 2},
+		{"one P, between the lines: stays", 1, 2, 0.2, 1},
+		{"one P of one", 1, 1, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := controller(tc.p, tc.max)
+			got := feed(c, start, repeat(sample{busy: tc.busy}, calmSamples)...)
+			for i, p := range got[:calmSamples-1] {
+				if p != tc.p {
+					t.Fatalf("sample %d: %d Ps before the spell was complete", i, p)
+				}
+			}
+			if last := got[calmSamples-1]; last != tc.want {
+				t.Fatalf("a spell of %.2f cores at %d of %d Ps: %d Ps, want %d", tc.busy, tc.p, tc.max, last, tc.want)
+			}
+		})
+	}
+}
+
 // A steady load does not make the controller flap: one P carries, a
 // little cheaper, a load that two Ps ran under the target share.
 func TestDecideSteadyLoadSettles(t *testing.T) {
@@ -204,7 +235,7 @@ func TestRunFollowsLoad(t *testing.T) {
 	var (
 		mu    sync.Mutex
 		procs = 4
-		load  = 0.1 // cores the fake process uses
+		load  = 0.05 // cores the fake process uses
 		cpu   time.Duration
 		last  = time.Now()
 		calls []int
@@ -250,18 +281,18 @@ func TestRunFollowsLoad(t *testing.T) {
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
 
-	waitFor(1) // idle: down to one P
-	mu.Lock()
-	load = 8 // far past one P: demand decides
-	mu.Unlock()
+	setLoad := func(l float64) {
+		mu.Lock()
+		load = l
+		mu.Unlock()
+	}
+	waitFor(2) // light: down to one P and the spare
+	setLoad(8) // far past it: demand decides
 	waitFor(4)
-	mu.Lock()
-	load = 0.1
-	mu.Unlock()
+	setLoad(0.5) // one P carries it
 	waitFor(1)
-	mu.Lock()
-	load = 0
-	mu.Unlock()
+	setLoad(0) // quiet again: the spare comes back
+	waitFor(2)
 	cancel()
 	<-done
 	if got := get(); got != 4 {
