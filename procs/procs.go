@@ -30,7 +30,7 @@ const (
 	DefaultInterval = 100 * time.Millisecond
 	// DefaultCalmFor is how long the load must allow fewer Ps before
 	// they go.
-	DefaultCalmFor = 2 * time.Second
+	DefaultCalmFor = time.Second
 	// DefaultHold is how long a raise that undid a lowering is kept; it
 	// doubles with each further one, up to maxHold.
 	DefaultHold = 5 * time.Second
