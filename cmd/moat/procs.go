@@ -11,8 +11,8 @@ import (
 )
 
 // startProcs applies runtime.procs: a fixed GOMAXPROCS, or the controller
-// that sizes it to the load. GOMAXPROCS in the environment wins. stop
-// ends the controller.
+// that sizes it to the load. GOMAXPROCS in the environment wins. stop ends
+// the controller and gives back the count moat started with.
 func startProcs(rt config.Runtime, log *slog.Logger) (stop func()) {
 	if env := os.Getenv("GOMAXPROCS"); env != "" {
 		log.Info("scheduler threads fixed by the GOMAXPROCS environment variable", "procs", runtime.GOMAXPROCS(0), "runtime.procs", rt.Procs)
