@@ -21,7 +21,7 @@ import (
 )
 
 // Tuning. Raising is immediate, so a burst costs at most one interval at
-// too few Ps; lowering waits for a calm spell. A raise soon after a
+// too few Ps; lowering waits for a calm spell of CalmFor. A raise soon after a
 // lowering means the lowering was wrong (a load that fewer Ps cannot
 // carry, though more Ps carried it under the target): the controller
 // then keeps the raise for a while, twice as long each time it happens
@@ -78,10 +78,11 @@ type Controller struct {
 	lastUp   time.Time     // last raise
 	lastDown time.Time     // last lowering
 	hold     time.Duration // the last raise is kept this long
-	// The calm spell: samples in a row that neither raised nor queued,
-	// and their busy cores added up.
+	// The calm spell: how many samples in a row neither raised nor
+	// queued, and the busy cores of the last CalmFor of them (a ring).
 	calm    int
-	calmSum float64
+	recent  []float64
+	calmSum float64 // of recent
 }
 
 // New returns a controller for up to max Ps.
@@ -134,7 +135,7 @@ func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int
 	p := c.p
 	full := busy >= saturated*float64(p)
 	if full || wait >= queued {
-		c.calm, c.calmSum = 0, 0
+		c.endSpell()
 		if p >= c.Max {
 			return p
 		}
@@ -150,27 +151,41 @@ func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int
 		// Busy Ps hide the real demand: at least double.
 		return min(c.Max, max(2*p, need(busy, target)))
 	}
+	// Size by the mean of the spell's last CalmFor, once it is that long:
+	// a load that lasts is judged as soon as it has lasted that long.
+	window := max(1, int(c.CalmFor/c.Interval))
+	if len(c.recent) != window {
+		c.recent = make([]float64, window)
+	}
+	slot := &c.recent[c.calm%window]
+	c.calmSum += busy - *slot
+	*slot = busy
 	c.calm++
-	c.calmSum += busy
-	if time.Duration(c.calm)*c.Interval < c.CalmFor {
+	if c.calm < window {
 		return p
 	}
-	// The spell is long enough: size for its mean load, and start the
-	// next spell.
-	mean := c.calmSum / float64(c.calm)
-	c.calm, c.calmSum = 0, 0
+	mean := c.calmSum / float64(window)
 	want := max(1, need(mean, target))
 	if want == 1 && c.Max >= 2 && (mean < spareBackBelow || p >= 2 && mean < spareBelow) {
 		if p == 1 {
-			return 2 // light traffic: the spare P comes back
+			c.endSpell() // judged afresh at the new count
+			return 2     // light traffic: the spare P comes back
 		}
 		want = 2
 	}
 	if want >= p || now.Sub(c.lastUp) < c.hold {
 		return p
 	}
+	c.endSpell()
 	c.lastDown = now
 	return want
+}
+
+// endSpell forgets the calm spell: after a change, or a sample that
+// raised, the load is judged afresh.
+func (c *Controller) endSpell() {
+	c.calm, c.calmSum = 0, 0
+	clear(c.recent)
 }
 
 // need is the Ps that carry busy cores at share per P.

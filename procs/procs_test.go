@@ -110,6 +110,27 @@ func TestDecideLowersAfterCalm(t *testing.T) {
 	}
 }
 
+// The spell's last second decides, so a load that drops is judged on
+// what it has become, sample by sample, not at the end of a spell that
+// began before it.
+func TestDecideJudgesTheLastSecond(t *testing.T) {
+	c := controller(2, 2)
+	s := repeat(sample{busy: 1.0}, calmSamples)              // needs two at the target share
+	s = append(s, repeat(sample{busy: 0.4}, calmSamples)...) // one carries it
+	got := feed(c, time.Unix(1000, 0), s...)
+	// The mean of the last 10 falls to 0.7 (at most 0.75 for one P) with
+	// the fifth sample of the lighter load.
+	for i, p := range got {
+		want := 2
+		if i >= calmSamples+4 {
+			want = 1
+		}
+		if p != want {
+			t.Fatalf("sample %d: %d Ps, want %d (all: %v)", i, p, want, got)
+		}
+	}
+}
+
 func TestDecideCalmIsBrokenByLoad(t *testing.T) {
 	start := time.Unix(1000, 0)
 	for _, breaker := range []sample{{busy: 1.9}, {busy: 0.3, wait: time.Millisecond}} {
