@@ -231,7 +231,7 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 		failed atomic.Int64
 		wg     sync.WaitGroup
 	)
-	cpu0 := p.cpu()
+	cpu0, bcpu0, gen0 := p.cpu(), p.brokerCPU(), selfCPU()
 	start := time.Now()
 	deadline := start.Add(dur)
 	for w := 0; w < workers; w++ {
@@ -256,9 +256,11 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 	if n == 0 {
 		return sample{}, errors.New("no connection completed")
 	}
-	s := sample{value: float64(n) / elapsed.Seconds(), cpuPerOp: perOp(p.cpu()-cpu0, n)}
+	s := sample{value: float64(n) / elapsed.Seconds(), cpuPerOp: perOp(p.cpu()-cpu0, n), brokerOp: perOp(p.brokerCPU()-bcpu0, n)}
+	// The rest of the box, per connection: a storm is bound by all of it.
+	s.note = fmt.Sprintf("broker %.0f µs/op, generator %.0f µs/op", s.brokerOp, perOp(selfCPU()-gen0, n))
 	if f := failed.Load(); f > 0 {
-		s.note = fmt.Sprintf("%d failed", f)
+		s.note += fmt.Sprintf(", %d failed", f)
 	}
 	return s, nil
 }

@@ -263,3 +263,6 @@ func haproxyMaxConn() int {
 	}
 	return max(int(rl.Max)/2-100, 100)
 }
+
+// selfCPU is the load generator's own CPU time.
+func selfCPU() time.Duration { return cpuTime(os.Getpid()) }
