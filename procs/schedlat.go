@@ -30,26 +30,23 @@ func (w *schedWaits) median() time.Duration {
 		copy(w.prev, h.Counts)
 		return 0
 	}
+	defer copy(w.prev, h.Counts)
 	var total uint64
 	for i, n := range h.Counts {
 		total += n - w.prev[i]
 	}
-	var at uint64
-	var med time.Duration
-	for i, n := range h.Counts {
-		d := n - w.prev[i]
-		if med == 0 && d > 0 && at+d > total/2 {
-			b := h.Buckets[i+1]
-			if math.IsInf(b, 1) {
-				b = h.Buckets[i]
-			}
-			med = time.Duration(b * float64(time.Second))
-		}
-		at += d
-	}
-	copy(w.prev, h.Counts)
 	if total < minWaits {
 		return 0
 	}
-	return max(med, 1)
+	var at uint64
+	for i, n := range h.Counts {
+		if at += n - w.prev[i]; at > total/2 {
+			b := h.Buckets[i+1] // the bucket's upper bound
+			if math.IsInf(b, 1) {
+				b = h.Buckets[i]
+			}
+			return max(time.Duration(b*float64(time.Second)), 1)
+		}
+	}
+	return 0 // not reached: the counts add up to total
 }
