@@ -30,37 +30,65 @@ func Dial(addr string, tc *tls.Config, id string, v codec.Version) (*Client, err
 
 // DialConnect connects, sends con and waits for a successful CONNACK.
 func DialConnect(addr string, tc *tls.Config, con *codec.Connect) (*Client, error) {
+	c, _, err := DialStages(addr, tc, con)
+	return c, err
+}
+
+// Stages is how long each step of one connection took, as the client saw
+// it: where a connection storm's time goes on each path.
+type Stages struct {
+	Dial      time.Duration // TCP connect
+	Handshake time.Duration // TLS handshake (zero without TLS)
+	Connack   time.Duration // CONNECT written to CONNACK read
+}
+
+// DialStages is DialConnect that also reports the time of each step.
+func DialStages(addr string, tc *tls.Config, con *codec.Connect) (*Client, Stages, error) {
+	var st Stages
 	v, id := con.Version, con.ClientID
 	d := &net.Dialer{Timeout: 10 * time.Second}
-	var (
-		conn net.Conn
-		err  error
-	)
-	if tc != nil {
-		conn, err = tls.DialWithDialer(d, "tcp", addr, tc)
-	} else {
-		conn, err = d.Dial("tcp", addr)
-	}
+	t0 := time.Now()
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, st, err
+	}
+	t1 := time.Now()
+	st.Dial = t1.Sub(t0)
+	if tc != nil {
+		cfg := tc
+		if cfg.ServerName == "" {
+			cfg = tc.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tconn := tls.Client(conn, cfg)
+		tconn.SetDeadline(t1.Add(d.Timeout))
+		if err := tconn.Handshake(); err != nil {
+			conn.Close()
+			return nil, st, err
+		}
+		tconn.SetDeadline(time.Time{})
+		conn = tconn
+		t2 := time.Now()
+		st.Handshake, t1 = t2.Sub(t1), t2
 	}
 	c := &Client{Conn: conn, R: codec.NewReader(conn, 0), W: bufio.NewWriterSize(conn, 32<<10), V: v}
 	if err := c.Send(con, true); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, st, err
 	}
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	f, err := c.R.ReadPacket()
 	conn.SetReadDeadline(time.Time{})
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("CONNACK for %s: %w", id, err)
+		return nil, st, fmt.Errorf("CONNACK for %s: %w", id, err)
 	}
 	if f.Type != codec.CONNACK || f.Body[1] != 0 {
 		conn.Close()
-		return nil, fmt.Errorf("CONNECT %s refused: % x", id, f.Bytes)
+		return nil, st, fmt.Errorf("CONNECT %s refused: % x", id, f.Bytes)
 	}
-	return c, nil
+	st.Connack = time.Since(t1)
+	return c, st, nil
 }
 
 // Send encodes p and writes it, flushing when asked.
