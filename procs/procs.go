@@ -41,11 +41,15 @@ const (
 	// runs the same load with fewer hand-offs, so a little cheaper: the
 	// gap to saturated is the room that keeps a lowered count.
 	target = 0.75
-	// queued: when half the goroutines that became runnable waited this
-	// long for a P, they are queueing (a message fanned out to many
-	// subscribers wakes them all at once), whatever the CPU time says.
-	queued = 250 * time.Microsecond
-	// minWaits is the fewest sampled waits the median is judged on.
+	// queued: when the goroutines that became runnable waited this long
+	// for a P on average, they are queueing, whatever the CPU time says:
+	// a message fanned out to many subscribers wakes them all at once,
+	// and TLS handshakes hold a P for half a millisecond each. Measured
+	// on one P (docs/benchmarks.md, seventh pass): QoS 1 traffic at 0.6
+	// cores 20-210 µs, a handshake storm at 0.7 cores 0.2-0.8 ms, fan-out
+	// over 1 ms.
+	queued = 300 * time.Microsecond
+	// minWaits is the fewest sampled waits the mean is judged on.
 	minWaits = 20
 	// A spell lighter than spareBelow cores keeps a second P, and at one
 	// P one lighter than spareBackBelow gets it back (one P runs the same
@@ -66,7 +70,7 @@ type Controller struct {
 	Log      *slog.Logger
 
 	// cpu returns the process's CPU time so far (negative: unknown);
-	// wait returns the median time runnable goroutines waited for a P
+	// wait returns the mean time runnable goroutines waited for a P
 	// since its last call (0 when too few waited); set sets GOMAXPROCS
 	// (n < 1 only reads it) and returns the previous setting. Replaced
 	// in tests.
@@ -88,7 +92,7 @@ type Controller struct {
 // New returns a controller for up to max Ps.
 func New(max int, log *slog.Logger) *Controller {
 	return &Controller{Max: max, Interval: DefaultInterval, CalmFor: DefaultCalmFor, Hold: DefaultHold, Log: log,
-		cpu: processCPU, wait: newSchedWaits().median, set: runtime.GOMAXPROCS}
+		cpu: processCPU, wait: newSchedWaits().mean, set: runtime.GOMAXPROCS}
 }
 
 // Run samples and adjusts until ctx ends, then restores Max Ps. Where the
@@ -120,7 +124,7 @@ func (c *Controller) Run(ctx context.Context) {
 			if n := c.decide(busy, wait, now); n != c.p {
 				if c.Log != nil {
 					c.Log.Debug("scheduler resized", "procs", n, "was", c.p,
-						"busy_cores", math.Round(busy*100)/100, "median_wait", wait.String())
+						"busy_cores", math.Round(busy*100)/100, "mean_wait", wait.String())
 				}
 				c.set(n)
 				c.p = n
@@ -130,7 +134,7 @@ func (c *Controller) Run(ctx context.Context) {
 }
 
 // decide returns the Ps for the next interval, given the cores the
-// process used in the last one and the median wait for a P.
+// process used in the last one and the mean wait for a P.
 func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int {
 	p := c.p
 	full := busy >= saturated*float64(p)

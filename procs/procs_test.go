@@ -2,7 +2,9 @@ package procs
 
 import (
 	"context"
+	"math"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"testing"
 	"time"
@@ -15,7 +17,7 @@ func controller(p, max int) *Controller {
 	return c
 }
 
-// sample is one interval's load: busy cores and the median wait for a P.
+// sample is one interval's load: busy cores and the mean wait for a P.
 type sample struct {
 	busy float64
 	wait time.Duration
@@ -328,14 +330,14 @@ func TestRunFollowsLoad(t *testing.T) {
 	}
 }
 
-// The median wait comes from the runtime: goroutines made runnable while
+// The mean wait comes from the runtime: goroutines made runnable while
 // the only P is busy wait at least as long as it stays busy.
-func TestSchedWaitsMedian(t *testing.T) {
+func TestSchedWaitsMean(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	w := newSchedWaits()
-	w.median()
-	if got := w.median(); got != 0 {
-		t.Fatalf("nothing ran: median %v, want 0", got)
+	w.mean()
+	if got := w.mean(); got != 0 {
+		t.Fatalf("nothing ran: mean %v, want 0", got)
 	}
 	const n, hold = 2000, 5 * time.Millisecond
 	start := make(chan struct{})
@@ -347,7 +349,7 @@ func TestSchedWaitsMedian(t *testing.T) {
 	}
 	ready.Wait()
 	time.Sleep(time.Millisecond) // every one blocked on start
-	w.median()                   // the baseline: their starts are not counted
+	w.mean()                     // the baseline: their starts are not counted
 	done := make(chan struct{})
 	go func() {
 		close(start) // all runnable, and this goroutine keeps the P
@@ -357,7 +359,42 @@ func TestSchedWaitsMedian(t *testing.T) {
 	}()
 	<-done
 	wg.Wait()
-	if got := w.median(); got < hold/2 {
-		t.Fatalf("%d goroutines waited behind a %v spin: median %v, want at least %v", n, hold, got, hold/2)
+	if got := w.mean(); got < hold/2 {
+		t.Fatalf("%d goroutines waited behind a %v spin: mean %v, want at least %v", n, hold, got, hold/2)
+	}
+}
+
+// A few long waits among many short ones are queueing: the shape of a
+// handshake storm on one P, which a median missed.
+func TestMeanSinceCountsLongWaits(t *testing.T) {
+	const us = 1e-6
+	h := &metrics.Float64Histogram{
+		// [0,1µs) [1µs,2µs) [2µs,1ms) [1ms,5ms) [5ms,∞)
+		Buckets: []float64{0, 1 * us, 2 * us, 1000 * us, 5000 * us, math.Inf(1)},
+		Counts:  make([]uint64, 5),
+	}
+	prev := make([]uint64, len(h.Counts))
+	h.Counts[1], h.Counts[2] = 8, 2
+	if got := meanSince(h, prev); got != 0 {
+		t.Fatalf("10 waits: mean %v, want 0 (too few to judge)", got)
+	}
+	h.Counts[1], h.Counts[2] = 90, 10 // each at its bucket's upper bound
+	if got, want := meanSince(h, prev), 101800*time.Nanosecond; got != want {
+		t.Fatalf("90 waits under 2 µs, 10 under 1 ms: mean %v, want %v", got, want)
+	}
+	copy(prev, h.Counts) // only what came since counts
+	h.Counts[1] += 80
+	h.Counts[3] += 20
+	got := meanSince(h, prev)
+	if want := 1001600 * time.Nanosecond; got != want {
+		t.Fatalf("80 short waits, 20 of 1-5 ms: mean %v, want %v", got, want)
+	}
+	if got < queued {
+		t.Fatalf("mean %v under the threshold %v: the controller would not raise", got, queued)
+	}
+	copy(prev, h.Counts)
+	h.Counts[4] += 30
+	if got := meanSince(h, prev); got != 5*time.Millisecond {
+		t.Fatalf("30 waits in the unbounded bucket: mean %v, want its lower bound 5ms", got)
 	}
 }
