@@ -233,6 +233,7 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 		wg     sync.WaitGroup
 	)
 	cpu0, bcpu0, gen0 := p.cpu(), p.brokerCPU(), selfCPU()
+	idle0, total0 := boxTimes()
 	start := time.Now()
 	deadline := start.Add(dur)
 	for w := 0; w < workers; w++ {
@@ -264,6 +265,10 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 	s := sample{value: float64(n) / elapsed.Seconds(), cpuPerOp: perOp(p.cpu()-cpu0, n), brokerOp: perOp(p.brokerCPU()-bcpu0, n)}
 	// The rest of the box, per connection: a storm is bound by all of it.
 	s.note = fmt.Sprintf("broker %.0f µs/op, generator %.0f µs/op", s.brokerOp, perOp(selfCPU()-gen0, n))
+	// A box with idle time left is not what bounds the storm.
+	if idle1, total1 := boxTimes(); total1 > total0 {
+		s.note += fmt.Sprintf(", box %.0f%% idle", 100*float64(idle1-idle0)/float64(total1-total0))
+	}
 	// Where each worker's cycle went, as the client saw it (means).
 	mean := func(a *atomic.Int64) float64 { return float64(a.Load()) / float64(n) / 1e3 }
 	s.note += fmt.Sprintf("; client: connect %.0f µs, handshake %.0f µs, CONNACK %.0f µs", mean(&stages[0]), mean(&stages[1]), mean(&stages[2]))

@@ -266,3 +266,28 @@ func haproxyMaxConn() int {
 
 // selfCPU is the load generator's own CPU time.
 func selfCPU() time.Duration { return cpuTime(os.Getpid()) }
+
+// boxTimes is the whole machine's idle and total CPU time so far, in
+// ticks (/proc/stat's first line); zeros where it cannot be read.
+func boxTimes() (idle, total int64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, s := range f[1:] {
+		n, _ := strconv.ParseInt(s, 10, 64)
+		if i == 7 { // steal onwards (steal, guest, guest_nice): not this box's to use
+			break
+		}
+		total += n
+		if i == 3 || i == 4 { // idle, iowait
+			idle += n
+		}
+	}
+	return idle, total
+}
