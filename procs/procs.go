@@ -168,8 +168,10 @@ func (c *Controller) decide(busy float64, wait time.Duration, now time.Time) int
 	if c.calm < window {
 		return p
 	}
+	// The latest sample must fit too: a spell whose second began idle
+	// has a low mean while the load that has just arrived needs every P.
 	mean := c.calmSum / float64(window)
-	want := max(1, need(mean, target))
+	want := max(1, need(max(mean, busy), target))
 	if want == 1 && c.Max >= 2 && (mean < spareBackBelow || p >= 2 && mean < spareBelow) {
 		if p == 1 {
 			c.endSpell() // judged afresh at the new count

@@ -198,6 +198,25 @@ func TestDecideHoldsARaiseThatUndidALowering(t *testing.T) {
 	}
 }
 
+// A load that arrives after a quiet spell is not judged on the quiet
+// samples still in the window: the mean of the last second passes one
+// P's share long before the load itself fits one P.
+func TestDecideWaitsForTheLoadThatArrived(t *testing.T) {
+	c := controller(2, 2)
+	s := repeat(sample{busy: 0.01}, calmSamples)                // idle, two Ps by the spare rule
+	s = append(s, repeat(sample{busy: 0.86}, 2*calmSamples)...) // a storm two Ps carry
+	s = append(s, repeat(sample{busy: 0.6}, calmSamples)...)    // a load one P carries
+	got := feed(c, time.Unix(1000, 0), s...)
+	for i, p := range got[:3*calmSamples] {
+		if p != 2 {
+			t.Fatalf("sample %d: %d Ps while the load needed two (all: %v)", i, p, got)
+		}
+	}
+	if last := got[len(got)-1]; last != 1 {
+		t.Fatalf("a second at 0.6 cores after the storm: %d Ps, want 1 (all: %v)", last, got)
+	}
+}
+
 func TestDecideKeepsASpareAtLightLoad(t *testing.T) {
 	start := time.Unix(1000, 0)
 	for _, tc := range []struct {
