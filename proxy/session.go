@@ -58,6 +58,14 @@ func (s *session) logger() *slog.Logger {
 	return s.srv.log.With("conn", s.id, "listener", s.lst.cfg.Name, "remote", s.remote().String())
 }
 
+// logs says whether lines at level l are written: every connection passes
+// the lines guarded by it, and building the session's logger and the
+// line's arguments costs more than the rest of a plain connection's
+// bookkeeping when nothing is written.
+func (s *session) logs(l slog.Level) bool {
+	return s.srv.log.Enabled(context.Background(), l)
+}
+
 // remote is the client's address: from the PROXY header, or the socket.
 func (s *session) remote() net.Addr {
 	if s.peer != nil {
@@ -159,13 +167,17 @@ func newSession(srv *Server, l *listener, conn net.Conn) *session {
 // TLS handshake is not kept for the life of the connection.
 func (s *session) serve() {
 	if err := s.establish(); err != nil {
-		s.logger().Debug("connection refused", "error", err)
+		if s.logs(slog.LevelDebug) {
+			s.logger().Debug("connection refused", "error", err)
+		}
 		s.finish()
 		return
 	}
 	s.up.Store(true)
-	s.logger().Info("client connected", "client_id", s.info.id, "identity", s.ident.Name, "auth_method", s.ident.Method, "username", s.info.username,
-		"protocol", s.version.String(), "clean_start", s.info.cleanStart, "keep_alive", s.info.keepAlive)
+	if s.logs(slog.LevelInfo) {
+		s.logger().Info("client connected", "client_id", s.info.id, "identity", s.ident.Name, "auth_method", s.ident.Method, "username", s.info.username,
+			"protocol", s.version.String(), "clean_start", s.info.cleanStart, "keep_alive", s.info.keepAlive)
+	}
 	s.pumps.Store(2)
 	s.armExpiry()
 	s.takeBucket()
@@ -230,8 +242,10 @@ func (s *session) pumpDone() {
 		}
 		s.lingerClient()
 	}
-	s.logger().Info("client disconnected", "client_id", s.info.id, "identity", s.ident.Name, "protocol", s.version.String(),
-		"duration", time.Since(s.start).Round(time.Millisecond).String(), "reason", s.reason)
+	if s.logs(slog.LevelInfo) {
+		s.logger().Info("client disconnected", "client_id", s.info.id, "identity", s.ident.Name, "protocol", s.version.String(),
+			"duration", time.Since(s.start).Round(time.Millisecond).String(), "reason", s.reason)
+	}
 	s.finish()
 }
 
@@ -903,6 +917,7 @@ func (s *session) logReadError(what string, err error) {
 		s.logger().Info(what, "error", err)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.logger().Info(what+": timed out", "error", err)
+	case !s.logs(slog.LevelDebug):
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		s.logger().Debug(what+": connection closed", "error", err)
 	default:
