@@ -71,6 +71,34 @@ func BenchmarkDecideFreshGoroutine(b *testing.B) {
 	}
 }
 
+// BenchmarkDecideConnect is a connection storm's decision: a new client
+// (so never cached) connecting, on the fresh goroutine a connection starts on.
+func BenchmarkDecideConnect(b *testing.B) {
+	e := plant(b, Options{})
+	done := make(chan bool)
+	r := Request{Action: Connect}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		s := certSubject("sensor-" + strconv.Itoa(i))
+		go func() { done <- e.Decide(s, &r).Allow }()
+		if !<-done {
+			b.Fatal("denied")
+		}
+	}
+}
+
+// BenchmarkClientTerm is building a connection's client document, once
+// per connection on its first decision.
+func BenchmarkClientTerm(b *testing.B) {
+	s := certSubject("sensor-7")
+	b.ReportAllocs()
+	for b.Loop() {
+		s.clientTerm()
+	}
+}
+
 // BenchmarkInput is building one decision's input document, part of
 // every full evaluation.
 func BenchmarkInput(b *testing.B) {

@@ -170,38 +170,47 @@ func NewSubject(connID uint64, c Client) *Subject {
 	return &Subject{ConnID: connID, Client: c, serial: subjects.Add(1)}
 }
 
-func str(s string) *ast.Term { return ast.StringTerm(s) }
+// str is a string term; the empty string is a shared one.
+func str(s string) *ast.Term {
+	if s == "" {
+		return ast.InternedEmptyString
+	}
+	return ast.StringTerm(s)
+}
 
-// clientTerm builds input.client.
+// clientTerm builds input.client: once per connection, on its first
+// decision, so on every connection of a storm. Keys, empty strings and
+// lists and small numbers are shared terms (OPA never changes an input).
 func (s *Subject) clientTerm() *ast.Term {
 	c := &s.Client
-	claims := ast.NewObject()
+	claims := vNoProps
 	if c.Claims != nil {
 		if v, err := ast.InterfaceToValue(c.Claims); err == nil {
-			claims = v.(ast.Object)
+			claims = ast.NewTerm(v)
 		}
 	}
-	items := [][2]*ast.Term{
-		{str("id"), str(c.ID)},
-		{str("username"), str(c.Username)},
-		{str("protocol_version"), ast.IntNumberTerm(c.ProtocolVersion)},
-		{str("clean_start"), ast.BooleanTerm(c.CleanStart)},
-		{str("keep_alive"), ast.IntNumberTerm(int(c.KeepAlive))},
-		{str("address"), str(c.Address)},
-		{str("port"), ast.IntNumberTerm(c.Port)},
-		{str("listener"), str(c.Listener)},
-		{str("transport"), str(c.Transport)},
-		{str("auth_method"), str(c.AuthMethod)},
-		{str("claims"), ast.NewTerm(claims)},
-	}
+	items := make([][2]*ast.Term, 0, 12)
+	items = append(items,
+		[2]*ast.Term{kID, str(c.ID)},
+		[2]*ast.Term{kUsername, str(c.Username)},
+		[2]*ast.Term{kProtocolVersion, ast.InternedTerm(c.ProtocolVersion)},
+		[2]*ast.Term{kCleanStart, boolTerm(c.CleanStart)},
+		[2]*ast.Term{kKeepAlive, ast.InternedTerm(int(c.KeepAlive))},
+		[2]*ast.Term{kAddress, str(c.Address)},
+		[2]*ast.Term{kPort, ast.InternedTerm(c.Port)},
+		[2]*ast.Term{kListener, str(c.Listener)},
+		[2]*ast.Term{kTransport, str(c.Transport)},
+		[2]*ast.Term{kAuthMethod, str(c.AuthMethod)},
+		[2]*ast.Term{kClaims, claims},
+	)
 	if ct := c.Cert; ct != nil {
-		items = append(items, [2]*ast.Term{str("cert"), ast.ObjectTerm(
-			[2]*ast.Term{str("subject"), nameTerm(ct.Subject)},
-			[2]*ast.Term{str("issuer"), nameTerm(ct.Issuer)},
-			[2]*ast.Term{str("dns_names"), strs(ct.DNSNames)},
-			[2]*ast.Term{str("uri_sans"), strs(ct.URISANs)},
-			[2]*ast.Term{str("serial"), str(ct.Serial)},
-			[2]*ast.Term{str("fingerprint_sha256"), str(ct.FingerprintSHA256)},
+		items = append(items, [2]*ast.Term{kCert, ast.ObjectTerm(
+			[2]*ast.Term{kSubject, nameTerm(ct.Subject)},
+			[2]*ast.Term{kIssuer, nameTerm(ct.Issuer)},
+			[2]*ast.Term{kDNSNames, strs(ct.DNSNames)},
+			[2]*ast.Term{kURISANs, strs(ct.URISANs)},
+			[2]*ast.Term{kSerial, str(ct.Serial)},
+			[2]*ast.Term{kFingerprint, str(ct.FingerprintSHA256)},
 		)})
 	}
 	return ast.ObjectTerm(items...)
@@ -209,23 +218,39 @@ func (s *Subject) clientTerm() *ast.Term {
 
 func nameTerm(n Name) *ast.Term {
 	return ast.ObjectTerm(
-		[2]*ast.Term{str("common_name"), str(n.CommonName)},
-		[2]*ast.Term{str("organization"), strs(n.Organization)},
-		[2]*ast.Term{str("organizational_unit"), strs(n.OrganizationalUnit)},
-		[2]*ast.Term{str("country"), strs(n.Country)},
-		[2]*ast.Term{str("province"), strs(n.Province)},
-		[2]*ast.Term{str("locality"), strs(n.Locality)},
+		[2]*ast.Term{kCommonName, str(n.CommonName)},
+		[2]*ast.Term{kOrganization, strs(n.Organization)},
+		[2]*ast.Term{kOrgUnit, strs(n.OrganizationalUnit)},
+		[2]*ast.Term{kCountry, strs(n.Country)},
+		[2]*ast.Term{kProvince, strs(n.Province)},
+		[2]*ast.Term{kLocality, strs(n.Locality)},
 	)
 }
 
 // strs keeps absent lists as [] so rules can iterate without a guard.
 func strs(s []string) *ast.Term {
+	if len(s) == 0 {
+		return vNoLevels
+	}
 	out := make([]*ast.Term, len(s))
 	for i, v := range s {
 		out[i] = str(v)
 	}
 	return ast.ArrayTerm(out...)
 }
+
+// The client document's keys.
+var (
+	kID, kUsername, kProtocolVersion  = ast.StringTerm("id"), ast.StringTerm("username"), ast.StringTerm("protocol_version")
+	kCleanStart, kKeepAlive, kAddress = ast.StringTerm("clean_start"), ast.StringTerm("keep_alive"), ast.StringTerm("address")
+	kPort, kListener, kTransport      = ast.StringTerm("port"), ast.StringTerm("listener"), ast.StringTerm("transport")
+	kAuthMethod, kClaims, kCert       = ast.StringTerm("auth_method"), ast.StringTerm("claims"), ast.StringTerm("cert")
+	kSubject, kIssuer, kDNSNames      = ast.StringTerm("subject"), ast.StringTerm("issuer"), ast.StringTerm("dns_names")
+	kURISANs, kSerial, kFingerprint   = ast.StringTerm("uri_sans"), ast.StringTerm("serial"), ast.StringTerm("fingerprint_sha256")
+	kCommonName, kOrganization        = ast.StringTerm("common_name"), ast.StringTerm("organization")
+	kOrgUnit, kCountry                = ast.StringTerm("organizational_unit"), ast.StringTerm("country")
+	kProvince, kLocality              = ast.StringTerm("province"), ast.StringTerm("locality")
+)
 
 // Terms every input shares, built once: keys, actions, small numbers.
 var (
