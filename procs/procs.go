@@ -34,7 +34,10 @@ const (
 	// DefaultHold is how long a raise that undid a lowering is kept; it
 	// doubles with each further one, up to maxHold.
 	DefaultHold = 5 * time.Second
-	maxHold     = time.Minute
+	// DefaultLimitEvery is how often the cores moat may use are read
+	// again: a container's CPU limit can change while it runs.
+	DefaultLimitEvery = 10 * time.Second
+	maxHold           = time.Minute
 	// saturated: Ps this busy (CPU time per P per wall time) are full.
 	saturated = 0.9
 	// target is the busy share per P that lowering aims at. One P fewer
@@ -63,20 +66,23 @@ const (
 
 // Controller adjusts GOMAXPROCS between 1 and Max.
 type Controller struct {
-	Max      int           // the cores moat may use: GOMAXPROCS at start
-	Interval time.Duration // how often the load is sampled
-	CalmFor  time.Duration // how long a low load lasts before Ps go
-	Hold     time.Duration // how long a raise that undid a lowering is kept
-	Log      *slog.Logger
+	Max        int           // the cores moat may use: GOMAXPROCS at start, then the runtime's default
+	Interval   time.Duration // how often the load is sampled
+	CalmFor    time.Duration // how long a low load lasts before Ps go
+	Hold       time.Duration // how long a raise that undid a lowering is kept
+	LimitEvery time.Duration // how often Max is read again
+	Log        *slog.Logger
 
 	// cpu returns the process's CPU time so far (negative: unknown);
 	// wait returns the mean time runnable goroutines waited for a P
 	// since its last call (0 when too few waited); set sets GOMAXPROCS
-	// (n < 1 only reads it) and returns the previous setting. Replaced
-	// in tests.
-	cpu  func() time.Duration
-	wait func() time.Duration
-	set  func(n int) int
+	// (n < 1 only reads it) and returns the previous setting; limit
+	// returns the runtime's default GOMAXPROCS now, leaving cur set.
+	// Replaced in tests.
+	cpu   func() time.Duration
+	wait  func() time.Duration
+	set   func(n int) int
+	limit func(cur int) int
 
 	p        int           // Ps now
 	lastUp   time.Time     // last raise
@@ -91,8 +97,20 @@ type Controller struct {
 
 // New returns a controller for up to max Ps.
 func New(max int, log *slog.Logger) *Controller {
-	return &Controller{Max: max, Interval: DefaultInterval, CalmFor: DefaultCalmFor, Hold: DefaultHold, Log: log,
-		cpu: processCPU, wait: newSchedWaits().mean, set: runtime.GOMAXPROCS}
+	return &Controller{Max: max, Interval: DefaultInterval, CalmFor: DefaultCalmFor, Hold: DefaultHold,
+		LimitEvery: DefaultLimitEvery, Log: log,
+		cpu: processCPU, wait: newSchedWaits().mean, set: runtime.GOMAXPROCS, limit: defaultProcs}
+}
+
+// defaultProcs is the GOMAXPROCS the runtime would choose now: the least
+// of the CPU count, the affinity mask and the cgroup CPU limit, rounded
+// up (and at least 2 where there are 2 CPUs). Setting a count stops the
+// runtime from following the limit itself, and it offers no way to read
+// its default but to apply it, so this applies it and sets cur back:
+// two pauses of microseconds when they differ, none when they agree.
+func defaultProcs(cur int) int {
+	runtime.SetDefaultGOMAXPROCS()
+	return runtime.GOMAXPROCS(cur)
 }
 
 // Run samples and adjusts until ctx ends, then restores Max Ps. Where the
@@ -106,6 +124,7 @@ func (c *Controller) Run(ctx context.Context) {
 	defer t.Stop()
 	lastCPU, lastAt := c.cpu(), time.Now()
 	c.wait()
+	lastLimit := lastAt
 	for {
 		select {
 		case <-ctx.Done():
@@ -121,6 +140,10 @@ func (c *Controller) Run(ctx context.Context) {
 			}
 			busy := float64(cpu-lastCPU) / float64(wall) // cores in use
 			lastCPU, lastAt = cpu, now
+			if c.LimitEvery > 0 && now.Sub(lastLimit) >= c.LimitEvery {
+				lastLimit = now
+				c.follow(c.limit(c.p))
+			}
 			if n := c.decide(busy, wait, now); n != c.p {
 				if c.Log != nil {
 					c.Log.Debug("scheduler resized", "procs", n, "was", c.p,
@@ -130,6 +153,23 @@ func (c *Controller) Run(ctx context.Context) {
 				c.p = n
 			}
 		}
+	}
+}
+
+// follow takes max as the cores moat may now use. Fewer than the Ps in
+// use take effect at once; more are there for the next raise.
+func (c *Controller) follow(max int) {
+	if max < 1 || max == c.Max {
+		return
+	}
+	if c.Log != nil {
+		c.Log.Info("cores available changed", "max_procs", max, "was", c.Max)
+	}
+	c.Max = max
+	if c.p > max {
+		c.set(max)
+		c.p = max
+		c.endSpell()
 	}
 }
 

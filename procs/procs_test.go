@@ -3,6 +3,7 @@ package procs
 import (
 	"context"
 	"math"
+	"os"
 	"runtime"
 	"runtime/metrics"
 	"sync"
@@ -271,81 +272,136 @@ func TestDecideSteadyLoadSettles(t *testing.T) {
 	}
 }
 
-// Run drives GOMAXPROCS through set from the CPU time it reads, and gives
-// back every P when it stops.
-func TestRunFollowsLoad(t *testing.T) {
-	var (
-		mu    sync.Mutex
-		procs = 4
-		load  = 0.05 // cores the fake process uses
-		cpu   time.Duration
-		last  = time.Now()
-		calls []int
-	)
-	c := New(4, nil)
+// fakeProc is a process for Run to control: CPU time used at a load the
+// test sets, its own GOMAXPROCS, and a CPU limit the test can change.
+type fakeProc struct {
+	mu    sync.Mutex
+	procs int
+	limit int
+	load  float64 // cores in use
+	cpu   time.Duration
+	last  time.Time
+	calls []int // every count set
+}
+
+// run starts c on a fake process at procs Ps; stop ends Run.
+func runFake(c *Controller, procs int) (f *fakeProc, stop func()) {
+	f = &fakeProc{procs: procs, limit: procs, last: time.Now()}
+	c.Interval, c.CalmFor, c.Hold, c.LimitEvery = 2*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond, 10*time.Millisecond
 	c.wait = func() time.Duration { return 0 }
-	c.Interval = 2 * time.Millisecond
-	c.CalmFor = 20 * time.Millisecond
-	c.Hold = 20 * time.Millisecond
 	c.cpu = func() time.Duration {
-		mu.Lock()
-		defer mu.Unlock()
+		f.mu.Lock()
+		defer f.mu.Unlock()
 		now := time.Now()
-		cpu += time.Duration(load * float64(now.Sub(last)))
-		last = now
-		return cpu
+		f.cpu += time.Duration(f.load * float64(now.Sub(f.last)))
+		f.last = now
+		return f.cpu
 	}
 	c.set = func(n int) int {
-		mu.Lock()
-		defer mu.Unlock()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		was := f.procs
 		if n > 0 {
-			procs = n
-			calls = append(calls, n)
+			f.procs = n
+			f.calls = append(f.calls, n)
 		}
-		return procs
+		return was
 	}
-	get := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return procs
-	}
-	waitFor := func(want int) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for get() != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("GOMAXPROCS stayed at %d, want %d", get(), want)
-			}
-			time.Sleep(time.Millisecond)
-		}
+	c.limit = func(cur int) int {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.limit
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
+	return f, func() { cancel(); <-done }
+}
 
-	setLoad := func(l float64) {
-		mu.Lock()
-		load = l
-		mu.Unlock()
+func (f *fakeProc) with(fn func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn()
+}
+
+func (f *fakeProc) get() (n int) {
+	f.with(func() { n = f.procs })
+	return n
+}
+
+func (f *fakeProc) waitFor(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.get() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("GOMAXPROCS stayed at %d, want %d", f.get(), want)
+		}
+		time.Sleep(time.Millisecond)
 	}
-	waitFor(2) // light: down to one P and the spare
-	setLoad(8) // far past it: demand decides
-	waitFor(4)
-	setLoad(0.5) // one P carries it
-	waitFor(1)
-	setLoad(0) // quiet again: the spare comes back
-	waitFor(2)
-	cancel()
-	<-done
-	if got := get(); got != 4 {
+}
+
+// Run drives GOMAXPROCS through set from the CPU time it reads, and gives
+// back every P when it stops.
+func TestRunFollowsLoad(t *testing.T) {
+	f, stop := runFake(New(4, nil), 4)
+	f.waitFor(t, 2)               // light: down to one P and the spare
+	f.with(func() { f.load = 8 }) // far past it: demand decides
+	f.waitFor(t, 4)
+	f.with(func() { f.load = 0.5 }) // one P carries it
+	f.waitFor(t, 1)
+	f.with(func() { f.load = 0 }) // quiet again: the spare comes back
+	f.waitFor(t, 2)
+	stop()
+	if got := f.get(); got != 4 {
 		t.Fatalf("after Run ended GOMAXPROCS is %d, want the max 4", got)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, n := range calls {
-		if n < 1 || n > 4 {
-			t.Fatalf("set GOMAXPROCS to %d, outside 1..4 (calls %v)", n, calls)
+	f.with(func() {
+		for _, n := range f.calls {
+			if n < 1 || n > 4 {
+				t.Fatalf("set GOMAXPROCS to %d, outside 1..4 (calls %v)", n, f.calls)
+			}
 		}
+	})
+}
+
+// A container's CPU limit that changes while moat runs moves the ceiling:
+// down at once, up for the next raise, and Run restores the new one.
+func TestRunFollowsTheCPULimit(t *testing.T) {
+	c := New(4, nil)
+	f, stop := runFake(c, 4)
+	f.with(func() { f.load = 3.8 }) // saturated: every P it may have
+	f.with(func() { f.limit = 2 })
+	f.waitFor(t, 2)
+	f.with(func() { f.limit = 8 })
+	f.waitFor(t, 8)
+	stop()
+	if got := f.get(); got != 8 {
+		t.Fatalf("after Run ended GOMAXPROCS is %d, want the new limit 8", got)
+	}
+	f.with(func() {
+		for _, n := range f.calls {
+			if n > 8 {
+				t.Fatalf("calls %v: set past the limit 8", f.calls)
+			}
+		}
+	})
+}
+
+// defaultProcs reads the runtime's default and leaves the count it was
+// given in place.
+func TestDefaultProcs(t *testing.T) {
+	start := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(start)
+	runtime.GOMAXPROCS(1)
+	d := defaultProcs(1)
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Fatalf("GOMAXPROCS %d after reading the default, want the 1 it was given", got)
+	}
+	if d < 1 || d > runtime.NumCPU() {
+		t.Fatalf("default %d outside 1..%d CPUs", d, runtime.NumCPU())
+	}
+	if os.Getenv("GOMAXPROCS") == "" && d != start {
+		t.Fatalf("default %d, want %d, the count the runtime chose at start", d, start)
 	}
 }
 
