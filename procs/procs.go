@@ -57,11 +57,14 @@ const (
 	// A spell lighter than spareBelow cores keeps a second P, and at one
 	// P one lighter than spareBackBelow gets it back (one P runs the same
 	// load a little cheaper: the gap keeps the two from alternating).
-	// There the hand-offs a spare P costs come to a percent or two of a
-	// core, and a spare P kept the tail latency of sparse traffic lower
-	// (docs/benchmarks.md, sixth pass).
-	spareBelow     = 0.25
-	spareBackBelow = 0.15
+	// With one P, the OS descheduling moat's one running thread stalls
+	// every session until it runs again, and on a box shared with the
+	// broker that is milliseconds: p99 at 5k msg/s was worse on one P in
+	// 22 of 33 paired runs (docs/benchmarks.md, sixth and seventh passes).
+	// That load takes 0.3-0.45 cores, and there a spare P costs a few
+	// percent of one; one P is kept for loads it saves real CPU on.
+	spareBelow     = 0.5
+	spareBackBelow = 0.4
 )
 
 // Controller adjusts GOMAXPROCS between 1 and Max.

@@ -83,25 +83,25 @@ func TestDecideRaisesAtOnce(t *testing.T) {
 func TestDecideLowersAfterCalm(t *testing.T) {
 	start := time.Unix(1000, 0)
 	c := controller(4, 4)
-	// 0.5 cores needs one P at the target share: nothing happens until
+	// 0.55 cores needs one P at the target share: nothing happens until
 	// the calm spell is complete, then the Ps drop straight to that.
-	got := feed(c, start, repeat(sample{busy: 0.5, wait: 20 * time.Microsecond}, calmSamples)...)
+	got := feed(c, start, repeat(sample{busy: 0.55, wait: 20 * time.Microsecond}, calmSamples)...)
 	for i, p := range got[:calmSamples-1] {
 		if p != 4 {
 			t.Fatalf("sample %d: lowered to %d before %v of calm", i, p, DefaultCalmFor)
 		}
 	}
 	if got[calmSamples-1] != 1 {
-		t.Fatalf("after %v at 0.5 cores: %d Ps, want 1", DefaultCalmFor, got[calmSamples-1])
+		t.Fatalf("after %v at 0.55 cores: %d Ps, want 1", DefaultCalmFor, got[calmSamples-1])
 	}
 
 	// The spell is sized by its mean: one busier sample does not keep
 	// every P, a busier spell keeps more.
 	c = controller(4, 4)
-	spell := repeat(sample{busy: 0.5}, calmSamples)
+	spell := repeat(sample{busy: 0.55}, calmSamples)
 	spell[5].busy = 2.5
 	if last := feed(c, start, spell...)[calmSamples-1]; last != 1 {
-		t.Fatalf("spell of 0.5 cores with one 2.5 sample: %d Ps, want 1", last)
+		t.Fatalf("spell of 0.55 cores with one 2.5 sample: %d Ps, want 1", last)
 	}
 	c = controller(4, 4)
 	if last := feed(c, start, repeat(sample{busy: 1.6}, calmSamples)...)[calmSamples-1]; last != 3 {
@@ -119,13 +119,13 @@ func TestDecideLowersAfterCalm(t *testing.T) {
 func TestDecideJudgesTheLastSecond(t *testing.T) {
 	c := controller(2, 2)
 	s := repeat(sample{busy: 1.0}, calmSamples)              // needs two at the target share
-	s = append(s, repeat(sample{busy: 0.4}, calmSamples)...) // one carries it
+	s = append(s, repeat(sample{busy: 0.6}, calmSamples)...) // one carries it
 	got := feed(c, time.Unix(1000, 0), s...)
-	// The mean of the last 10 falls to 0.7 (at most 0.75 for one P) with
-	// the fifth sample of the lighter load.
+	// The mean of the last 10 falls to 0.72 (at most 0.75 for one P) with
+	// the seventh sample of the lighter load.
 	for i, p := range got {
 		want := 2
-		if i >= calmSamples+4 {
+		if i >= calmSamples+6 {
 			want = 1
 		}
 		if p != want {
@@ -136,18 +136,18 @@ func TestDecideJudgesTheLastSecond(t *testing.T) {
 
 func TestDecideCalmIsBrokenByLoad(t *testing.T) {
 	start := time.Unix(1000, 0)
-	for _, breaker := range []sample{{busy: 1.9}, {busy: 0.3, wait: time.Millisecond}} {
+	for _, breaker := range []sample{{busy: 1.9}, {busy: 0.6, wait: time.Millisecond}} {
 		c := controller(2, 2)
 		// A sample that saturates or queues restarts the spell.
-		s := repeat(sample{busy: 0.3}, calmSamples-1)
+		s := repeat(sample{busy: 0.6}, calmSamples-1)
 		s = append(s, breaker)
-		s = append(s, repeat(sample{busy: 0.3}, calmSamples-1)...)
+		s = append(s, repeat(sample{busy: 0.6}, calmSamples-1)...)
 		for i, p := range feed(c, start, s...) {
 			if p != 2 {
 				t.Fatalf("breaker %+v, sample %d: lowered to %d though the calm spell was broken", breaker, i, p)
 			}
 		}
-		if got := feed(c, start.Add(time.Hour), sample{busy: 0.3}); got[0] != 1 {
+		if got := feed(c, start.Add(time.Hour), sample{busy: 0.6}); got[0] != 1 {
 			t.Fatalf("breaker %+v: the spell's last sample left %d Ps, want 1", breaker, got[0])
 		}
 	}
@@ -155,7 +155,7 @@ func TestDecideCalmIsBrokenByLoad(t *testing.T) {
 
 func TestDecideHoldsARaiseThatUndidALowering(t *testing.T) {
 	start := time.Unix(1000, 0)
-	quiet := repeat(sample{busy: 0.4}, calmSamples) // one P carries it
+	quiet := repeat(sample{busy: 0.6}, calmSamples) // one P carries it
 	c := controller(1, 2)
 	// A fresh raise is not held: the next calm spell lowers.
 	if got := feed(c, start, sample{busy: 0.95}); got[0] != 2 {
@@ -231,7 +231,7 @@ func TestDecideKeepsASpareAtLightLoad(t *testing.T) {
 		{"two Ps, over it", 2, 2, spareBelow + 0.05, 1},
 		{"eight Ps, idle", 8, 8, 0, 2},
 		{"one P, light: the spare comes back", 1, 2, 0.1, 2},
-		{"one P, between the lines: stays", 1, 2, 0.2, 1},
+		{"one P, between the lines: stays", 1, 2, (spareBelow + spareBackBelow) / 2, 1},
 		{"one P of one", 1, 1, 0, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -347,7 +347,7 @@ func TestRunFollowsLoad(t *testing.T) {
 	f.waitFor(t, 2)               // light: down to one P and the spare
 	f.with(func() { f.load = 8 }) // far past it: demand decides
 	f.waitFor(t, 4)
-	f.with(func() { f.load = 0.5 }) // one P carries it
+	f.with(func() { f.load = 0.6 }) // one P carries it
 	f.waitFor(t, 1)
 	f.with(func() { f.load = 0 }) // quiet again: the spare comes back
 	f.waitFor(t, 2)
