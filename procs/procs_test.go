@@ -284,7 +284,7 @@ type fakeProc struct {
 	calls []int // every count set
 }
 
-// run starts c on a fake process at procs Ps; stop ends Run.
+// runFake starts c on a fake process at procs Ps; stop ends Run.
 func runFake(c *Controller, procs int) (f *fakeProc, stop func()) {
 	f = &fakeProc{procs: procs, limit: procs, last: time.Now()}
 	c.Interval, c.CalmFor, c.Hold, c.LimitEvery = 2*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond, 10*time.Millisecond
@@ -340,6 +340,23 @@ func (f *fakeProc) waitFor(t *testing.T, want int) {
 	}
 }
 
+// stopAndCheck ends Run and checks that it gave back max Ps and never set
+// a count outside 1..max.
+func (f *fakeProc) stopAndCheck(t *testing.T, stop func(), max int) {
+	t.Helper()
+	stop()
+	if got := f.get(); got != max {
+		t.Fatalf("after Run ended GOMAXPROCS is %d, want the max %d", got, max)
+	}
+	f.with(func() {
+		for _, n := range f.calls {
+			if n < 1 || n > max {
+				t.Fatalf("set GOMAXPROCS to %d, outside 1..%d (calls %v)", n, max, f.calls)
+			}
+		}
+	})
+}
+
 // Run drives GOMAXPROCS through set from the CPU time it reads, and gives
 // back every P when it stops.
 func TestRunFollowsLoad(t *testing.T) {
@@ -351,17 +368,7 @@ func TestRunFollowsLoad(t *testing.T) {
 	f.waitFor(t, 1)
 	f.with(func() { f.load = 0 }) // quiet again: the spare comes back
 	f.waitFor(t, 2)
-	stop()
-	if got := f.get(); got != 4 {
-		t.Fatalf("after Run ended GOMAXPROCS is %d, want the max 4", got)
-	}
-	f.with(func() {
-		for _, n := range f.calls {
-			if n < 1 || n > 4 {
-				t.Fatalf("set GOMAXPROCS to %d, outside 1..4 (calls %v)", n, f.calls)
-			}
-		}
-	})
+	f.stopAndCheck(t, stop, 4)
 }
 
 // A container's CPU limit that changes while moat runs moves the ceiling:
@@ -374,17 +381,7 @@ func TestRunFollowsTheCPULimit(t *testing.T) {
 	f.waitFor(t, 2)
 	f.with(func() { f.limit = 8 })
 	f.waitFor(t, 8)
-	stop()
-	if got := f.get(); got != 8 {
-		t.Fatalf("after Run ended GOMAXPROCS is %d, want the new limit 8", got)
-	}
-	f.with(func() {
-		for _, n := range f.calls {
-			if n > 8 {
-				t.Fatalf("calls %v: set past the limit 8", f.calls)
-			}
-		}
-	})
+	f.stopAndCheck(t, stop, 8)
 }
 
 // defaultProcs reads the runtime's default and leaves the count it was
