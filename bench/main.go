@@ -93,6 +93,14 @@ func (p *path) cpu() time.Duration {
 
 func (p *path) brokerCPU() time.Duration { return cpuTime(p.broker.pid()) }
 
+// runWait is how long the proxy's threads have waited for a CPU so far.
+func (p *path) runWait() time.Duration {
+	if p.proc == nil {
+		return 0
+	}
+	return runWait(p.proc.pid())
+}
+
 // userCPU is the proxy's user-space share of cpu.
 func (p *path) userCPU() time.Duration {
 	if p.proc == nil {
@@ -333,7 +341,7 @@ func scenarios(o options) []scenario {
 				if err != nil {
 					return sample{}, err
 				}
-				return sample{value: float64(l.p99.Microseconds()), lat: l}, nil
+				return sample{value: float64(l.p99.Microseconds()), lat: l, note: l.note}, nil
 			},
 		})
 	}

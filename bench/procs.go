@@ -291,3 +291,26 @@ func boxTimes() (idle, total int64) {
 	}
 	return idle, total
 }
+
+// runWait is how long a process's threads have waited for a CPU so far
+// (the run-queue delay in /proc/PID/task/*/schedstat). A thread that
+// exited took its share with it: this undercounts a process that ends
+// threads, which Go and HAProxy do not while they run.
+func runWait(pid int) time.Duration {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
+}
