@@ -84,7 +84,16 @@ func perOp(d time.Duration, n int) float64 {
 // omission).
 func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResult, error) {
 	topic := fmt.Sprintf("sensors/sensor-lat/%s-%d", p.name, time.Now().UnixNano())
-	sub, err := loadgen.Dial(p.addr, p.tls, "dashboard-lat", v)
+	// -latency-through: the other client may go to the broker directly,
+	// to tell which leg a path's tail is on.
+	subAddr, subTLS, pubAddr, pubTLS := p.addr, p.tls, p.addr, p.tls
+	switch latencyThrough {
+	case "publisher":
+		subAddr, subTLS = p.directAddr, nil
+	case "subscriber":
+		pubAddr, pubTLS = p.directAddr, nil
+	}
+	sub, err := loadgen.Dial(subAddr, subTLS, "dashboard-lat", v)
 	if err != nil {
 		return latencyResult{}, err
 	}
@@ -92,7 +101,7 @@ func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResu
 	if err := sub.Subscribe(topic); err != nil {
 		return latencyResult{}, err
 	}
-	pub, err := loadgen.Dial(p.addr, p.tls, "sensor-lat", v)
+	pub, err := loadgen.Dial(pubAddr, pubTLS, "sensor-lat", v)
 	if err != nil {
 		return latencyResult{}, err
 	}
@@ -324,3 +333,7 @@ func idle(p *path, v codec.Version, n int) ([]*loadgen.Client, error) {
 	wg.Wait()
 	return clients, firstEr
 }
+
+// latencyThrough is which of the latency test's clients go through the
+// path (-latency-through): both, or only the publisher or the subscriber.
+var latencyThrough = "both"

@@ -58,7 +58,12 @@ func main() {
 	only := flag.String("run", "", "only measurements whose name matches this regular expression (e.g. 'idle|QoS 1 64')")
 	flag.StringVar(&o.compare, "compare", "", "a second moat binary (e.g. built from an earlier commit) measured in the same run as paths cmp-tls and cmp-tcp")
 	paths := flag.String("paths", "", "only paths whose name matches this regular expression (e.g. 'moat-tls' while profiling)")
+	flag.StringVar(&latencyThrough, "latency-through", "both", "which clients of the latency test use the path: both, publisher or subscriber (the other connects to the broker directly)")
 	flag.Parse()
+	if latencyThrough != "both" && latencyThrough != "publisher" && latencyThrough != "subscriber" {
+		fmt.Fprintln(os.Stderr, "bench: -latency-through: want both, publisher or subscriber, not", latencyThrough)
+		os.Exit(2)
+	}
 	moatEnv = env
 	var err error
 	if o.only, err = regexp.Compile(*only); err != nil {
@@ -77,11 +82,12 @@ func main() {
 
 // path is one way from the load generator to the broker.
 type path struct {
-	name   string
-	addr   string
-	tls    *tls.Config
-	proc   *proc // the proxy, nil for direct
-	broker *proc
+	name       string
+	addr       string
+	tls        *tls.Config
+	proc       *proc // the proxy, nil for direct
+	broker     *proc
+	directAddr string // the broker's own address
 }
 
 func (p *path) cpu() time.Duration {
@@ -267,6 +273,9 @@ func start(policy, compare string) (*setup, error) {
 			{name: "cmp-tls", addr: cp[0], tls: s.clientTLS(), proc: s.cmp, broker: s.broker},
 			s.paths[3], s.paths[4],
 			{name: "cmp-tcp", addr: cp[1], proc: s.cmp, broker: s.broker}}
+	}
+	for _, p := range s.paths {
+		p.directAddr = s.brokerAd
 	}
 	return s, nil
 }
