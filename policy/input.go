@@ -183,7 +183,7 @@ func str(s string) *ast.Term {
 // lists and small numbers are shared terms (OPA never changes an input).
 func (s *Subject) clientTerm() *ast.Term {
 	c := &s.Client
-	claims := vNoProps
+	claims := vObject
 	if c.Claims != nil {
 		if v, err := ast.InterfaceToValue(c.Claims); err == nil {
 			claims = ast.NewTerm(v)
@@ -230,7 +230,7 @@ func nameTerm(n Name) *ast.Term {
 // strs keeps absent lists as [] so rules can iterate without a guard.
 func strs(s []string) *ast.Term {
 	if len(s) == 0 {
-		return vNoLevels
+		return vArray
 	}
 	out := make([]*ast.Term, len(s))
 	for i, v := range s {
@@ -271,11 +271,11 @@ func init() {
 // Terms shared by every input: OPA never changes an input document, and
 // interns these itself.
 var (
-	vNull     = ast.InternedNullTerm
-	vTrue     = ast.InternedTerm(true)
-	vFalse    = ast.InternedTerm(false)
-	vNoProps  = ast.NewTerm(ast.InternedEmptyObjectValue)
-	vNoLevels = ast.NewTerm(ast.InternedEmptyArrayValue)
+	vNull   = ast.InternedNullTerm
+	vTrue   = ast.InternedTerm(true)
+	vFalse  = ast.InternedTerm(false)
+	vObject = ast.InternedEmptyObject // {}: no properties, no claims
+	vArray  = ast.InternedEmptyArray  // []: no topic levels, an absent list
 )
 
 func boolTerm(b bool) *ast.Term {
@@ -354,7 +354,7 @@ func (s *Subject) input(r *Request, use inputUse) ast.Value {
 	if r.Action == Connect {
 		return ast.NewObject([2]*ast.Term{kVersion, vVersion}, [2]*ast.Term{kAction, action}, [2]*ast.Term{kClient, s.client()})
 	}
-	levels := vNoLevels
+	levels := vArray
 	if use.levels {
 		lv := make([]*ast.Term, 0, strings.Count(r.Topic, "/")+1)
 		for l := range strings.SplitSeq(r.Topic, "/") {
@@ -366,7 +366,7 @@ func (s *Subject) input(r *Request, use inputUse) ast.Value {
 	if r.Shared {
 		group = ast.StringTerm(r.ShareGroup)
 	}
-	props := vNoProps
+	props := vObject
 	if p := r.Props; p != nil && use.props {
 		user := make([]*ast.Term, len(p.User))
 		for i, kv := range p.User {
