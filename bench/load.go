@@ -74,16 +74,108 @@ func perOp(d time.Duration, n int) float64 {
 	return float64(d.Microseconds()) / float64(n)
 }
 
-// latency is the open-loop test: one publisher sends QoS 0 messages on a
-// fixed schedule, one subscriber receives them through the same path.
-// Each message carries its scheduled time and the time it was written.
-// The path's latency runs from the write: the generator's own lateness
-// (Go timers wake the sender up to a millisecond late, the same for every
-// path) is not the path's. Latency from the scheduled time is kept too, so
-// a path that pushed back on the sender cannot hide it (no coordinated
-// omission).
-func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResult, error) {
-	topic := fmt.Sprintf("sensors/sensor-lat/%s-%d", p.name, time.Now().UnixNano())
+// latencySlices is how many turns each path gets in a latency run: 100 ms
+// each at the full run's 5 s, so with all five paths a path waits 400 ms
+// between turns, under the second after which moat parks a quiet pump.
+const latencySlices = 50
+
+// latency is the open-loop test: on every path one publisher sends QoS 0
+// messages on a fixed schedule and one subscriber receives them through
+// the same path. The paths take turns in slices of dur/latencySlices,
+// all connected throughout, so every path meets the same machine: on a
+// shared or virtual machine the tail comes mostly from the CPU being
+// taken away for milliseconds at a time (steal, in /proc/stat), and
+// paths measured one after another for seconds each meet different
+// amounts of it. Each message carries its scheduled time and the time it
+// was written. A path's latency runs from the write: the generator's own
+// lateness (Go timers wake the sender up to a millisecond late, the same
+// for every path) is not the path's. Latency from the scheduled time is
+// kept too, so a path that pushed back on the sender cannot hide it (no
+// coordinated omission).
+func latency(ps []*path, v codec.Version, rate int, dur time.Duration) ([]latencyResult, error) {
+	per := max(int(float64(rate)*dur.Seconds())/latencySlices, 1) // messages per slice
+	n := per * latencySlices                                      // per path
+	runs := make([]*latencyRun, 0, len(ps))
+	defer func() {
+		for _, r := range runs {
+			r.close()
+		}
+	}()
+	for _, p := range ps {
+		r, err := dialLatency(p, v, n)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p.name, err)
+		}
+		runs = append(runs, r)
+	}
+	bwait0 := runWait(ps[0].broker.pid())
+	box0 := boxTimes()
+	start := time.Now()
+	deadline := start.Add(time.Duration(len(ps))*dur + 5*time.Second)
+	for _, r := range runs {
+		go r.receive(start, deadline, v)
+	}
+	interval := time.Second / time.Duration(rate)
+	var sendErr error
+	for slot := 0; slot < latencySlices*len(runs) && sendErr == nil; slot++ {
+		// One schedule for the whole run: a stall in one slice makes the
+		// next start late, from the scheduled time, not afresh.
+		r := runs[slot%len(runs)]
+		for i := 0; i < per; i++ {
+			sched := time.Duration(slot*per+i) * interval
+			if d := time.Until(start.Add(sched)); d > 0 {
+				time.Sleep(d)
+			}
+			if sendErr = r.send(sched, time.Since(start)); sendErr != nil {
+				break
+			}
+		}
+	}
+	out := make([]latencyResult, len(runs))
+	for i, r := range runs {
+		if sendErr != nil {
+			r.sub.Conn.SetReadDeadline(time.Now())
+		}
+		<-r.done
+		l := summarize(r.lat, n)
+		l.schedP99 = summarize(r.fromSched, n).p99
+		out[i] = l
+	}
+	if sendErr != nil {
+		return nil, sendErr
+	}
+	// Time the proxy's and the broker's threads sat runnable without a
+	// CPU, and the machine's CPU the host took: a tail the proxy's own
+	// code does not explain shows up here.
+	// A proxy serving two paths (its TLS and plain listeners) waited for
+	// the messages of both.
+	box := boxTimes().since(box0)
+	bwait := perOp(runWait(ps[0].broker.pid())-bwait0, n*len(runs))
+	through := map[*proc]int{}
+	for _, r := range runs {
+		through[r.p.proc] += n
+	}
+	for i, r := range runs {
+		out[i].note = fmt.Sprintf("waited for a CPU per message: proxy %.1f µs, broker %.1f µs; host took %.0f%% of the CPU",
+			perOp(r.p.runWait()-r.wait0, through[r.p.proc]), bwait, box.stealPct())
+	}
+	return out, nil
+}
+
+// latencyRun is one path's clients in a latency run.
+type latencyRun struct {
+	p              *path
+	sub, pub       *loadgen.Client
+	msg            *codec.Publish
+	n              int // messages the publisher sends
+	lat, fromSched []time.Duration
+	wait0          time.Duration // the proxy's run-queue wait at the start
+	done           chan struct{}
+}
+
+func dialLatency(p *path, v codec.Version, n int) (*latencyRun, error) {
+	pubID := "sensor-lat-" + p.name
+	topic := fmt.Sprintf("sensors/%s/%d", pubID, time.Now().UnixNano())
 	// -latency-through: the other client may go to the broker directly,
 	// to tell which leg a path's tail is on.
 	subAddr, subTLS, pubAddr, pubTLS := p.addr, p.tls, p.addr, p.tls
@@ -93,66 +185,55 @@ func latency(p *path, v codec.Version, rate int, dur time.Duration) (latencyResu
 	case "subscriber":
 		pubAddr, pubTLS = p.directAddr, nil
 	}
-	sub, err := loadgen.Dial(subAddr, subTLS, "dashboard-lat", v)
-	if err != nil {
-		return latencyResult{}, err
+	r := &latencyRun{p: p, n: n, done: make(chan struct{}),
+		msg: &codec.Publish{Topic: []byte(topic), Payload: make([]byte, 64)},
+		lat: make([]time.Duration, 0, n), fromSched: make([]time.Duration, 0, n)}
+	var err error
+	if r.sub, err = loadgen.Dial(subAddr, subTLS, "dashboard-lat-"+p.name, v); err != nil {
+		return nil, err
 	}
-	defer sub.Disconnect()
-	if err := sub.Subscribe(topic); err != nil {
-		return latencyResult{}, err
+	if err := r.sub.Subscribe(topic); err != nil {
+		r.sub.Disconnect()
+		return nil, err
 	}
-	pub, err := loadgen.Dial(pubAddr, pubTLS, "sensor-lat", v)
-	if err != nil {
-		return latencyResult{}, err
+	if r.pub, err = loadgen.Dial(pubAddr, pubTLS, pubID, v); err != nil {
+		r.sub.Disconnect()
+		return nil, err
 	}
-	defer pub.Disconnect()
+	r.wait0 = p.runWait()
+	return r, nil
+}
 
-	n := int(float64(rate) * dur.Seconds())
-	wait0, bwait0 := p.runWait(), runWait(p.broker.pid())
-	lat := make([]time.Duration, 0, n)
-	fromSched := make([]time.Duration, 0, n)
-	start := time.Now()
-	recvDone := make(chan struct{})
-	go func() {
-		defer close(recvDone)
-		var pkt codec.Publish
-		sub.Conn.SetReadDeadline(start.Add(dur + 5*time.Second))
-		for len(lat) < n {
-			f, err := sub.R.ReadPacket()
-			if err != nil {
-				return
-			}
-			if f.Type != codec.PUBLISH || codec.DecodePublish(&pkt, f, v) != nil || len(pkt.Payload) < 16 {
-				continue
-			}
-			now := time.Since(start)
-			sched := time.Duration(binary.BigEndian.Uint64(pkt.Payload))
-			sent := time.Duration(binary.BigEndian.Uint64(pkt.Payload[8:]))
-			lat = append(lat, now-sent)
-			fromSched = append(fromSched, now-sched)
+func (r *latencyRun) send(sched, sent time.Duration) error {
+	binary.BigEndian.PutUint64(r.msg.Payload, uint64(sched))
+	binary.BigEndian.PutUint64(r.msg.Payload[8:], uint64(sent))
+	return r.pub.Send(r.msg, true)
+}
+
+// receive reads until every message arrived or the deadline passed.
+func (r *latencyRun) receive(start, deadline time.Time, v codec.Version) {
+	defer close(r.done)
+	var pkt codec.Publish
+	r.sub.Conn.SetReadDeadline(deadline)
+	for len(r.lat) < r.n {
+		f, err := r.sub.R.ReadPacket()
+		if err != nil {
+			return
 		}
-	}()
-	msg := &codec.Publish{Topic: []byte(topic), Payload: make([]byte, 64)}
-	interval := time.Second / time.Duration(rate)
-	for i := 0; i < n; i++ {
-		sched := time.Duration(i) * interval
-		if d := time.Until(start.Add(sched)); d > 0 {
-			time.Sleep(d)
+		if f.Type != codec.PUBLISH || codec.DecodePublish(&pkt, f, v) != nil || len(pkt.Payload) < 16 {
+			continue
 		}
-		binary.BigEndian.PutUint64(msg.Payload, uint64(sched))
-		binary.BigEndian.PutUint64(msg.Payload[8:], uint64(time.Since(start)))
-		if err := pub.Send(msg, true); err != nil {
-			return latencyResult{}, err
-		}
+		now := time.Since(start)
+		sched := time.Duration(binary.BigEndian.Uint64(pkt.Payload))
+		sent := time.Duration(binary.BigEndian.Uint64(pkt.Payload[8:]))
+		r.lat = append(r.lat, now-sent)
+		r.fromSched = append(r.fromSched, now-sched)
 	}
-	<-recvDone
-	l := summarize(lat, n)
-	l.schedP99 = summarize(fromSched, n).p99
-	// Time the proxy's and the broker's threads sat runnable without a
-	// CPU: a tail the proxy's own code does not explain shows up here.
-	l.note = fmt.Sprintf("waited for a CPU per message: proxy %.1f µs, broker %.1f µs",
-		perOp(p.runWait()-wait0, n), perOp(runWait(p.broker.pid())-bwait0, n))
-	return l, nil
+}
+
+func (r *latencyRun) close() {
+	r.pub.Disconnect()
+	r.sub.Disconnect()
 }
 
 type latencyResult struct {
@@ -248,7 +329,7 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 		wg     sync.WaitGroup
 	)
 	cpu0, bcpu0, gen0 := p.cpu(), p.brokerCPU(), selfCPU()
-	idle0, total0 := boxTimes()
+	box0 := boxTimes()
 	start := time.Now()
 	deadline := start.Add(dur)
 	for w := 0; w < workers; w++ {
@@ -281,8 +362,8 @@ func storm(p *path, v codec.Version, resume bool, workers int, dur time.Duration
 	// The rest of the box, per connection: a storm is bound by all of it.
 	s.note = fmt.Sprintf("broker %.0f µs/op, generator %.0f µs/op", s.brokerOp, perOp(selfCPU()-gen0, n))
 	// A box with idle time left is not what bounds the storm.
-	if idle1, total1 := boxTimes(); total1 > total0 {
-		s.note += fmt.Sprintf(", box %.0f%% idle", 100*float64(idle1-idle0)/float64(total1-total0))
+	if box := boxTimes().since(box0); box.total > 0 {
+		s.note += fmt.Sprintf(", box %.0f%% idle, host took %.0f%%", box.idlePct(), box.stealPct())
 	}
 	// Where each worker's cycle went, as the client saw it (means).
 	mean := func(a *atomic.Int64) float64 { return float64(a.Load()) / float64(n) / 1e3 }

@@ -189,13 +189,31 @@ func run(o options) error {
 			if !o.only.MatchString(scn.name) || rep >= o.reps && !goalScenarios[scn.name] {
 				continue
 			}
+			var ps []*path
 			for _, p := range s.paths {
-				if !o.paths.MatchString(p.name) || scn.skip != nil && scn.skip(p) || rep >= o.reps && !strings.HasSuffix(p.name, "-tls") {
-					continue
+				if o.paths.MatchString(p.name) && (scn.skip == nil || !scn.skip(p)) && (rep < o.reps || strings.HasSuffix(p.name, "-tls")) {
+					ps = append(ps, p)
 				}
-				smp, err := scn.run(p, v)
-				if err != nil {
-					return fmt.Errorf("%s via %s: %w", scn.name, p.name, err)
+			}
+			if len(ps) == 0 {
+				continue
+			}
+			var smps []sample
+			if scn.group != nil {
+				var err error
+				if smps, err = scn.group(ps, v); err != nil {
+					return fmt.Errorf("%s: %w", scn.name, err)
+				}
+			}
+			for i, p := range ps {
+				var smp sample
+				if scn.group != nil {
+					smp = smps[i]
+				} else {
+					var err error
+					if smp, err = scn.run(p, v); err != nil {
+						return fmt.Errorf("%s via %s: %w", scn.name, p.name, err)
+					}
 				}
 				r.add(scn.name, p.name, smp)
 				fmt.Fprintf(os.Stderr, "rep %d %-32s %-12s %12.1f %8.2f µs/op %s\n", rep+1, scn.name, p.name, smp.value, smp.cpuPerOp, smp.note)
@@ -288,11 +306,13 @@ var goalScenarios = map[string]bool{
 	"connections/s full handshake":     true,
 }
 
-// scenario is one measurement run against one path.
+// scenario is one measurement run against one path, or, with group set
+// instead of run, against all of them at once.
 type scenario struct {
-	name string
-	run  func(p *path, v codec.Version) (sample, error)
-	skip func(p *path) bool
+	name  string
+	run   func(p *path, v codec.Version) (sample, error)
+	group func(ps []*path, v codec.Version) ([]sample, error)
+	skip  func(p *path) bool
 }
 
 func scenarios(o options) []scenario {
@@ -345,12 +365,16 @@ func scenarios(o options) []scenario {
 		rate := rate
 		sc = append(sc, scenario{
 			name: fmt.Sprintf("latency %d msg/s", rate),
-			run: func(p *path, v codec.Version) (sample, error) {
-				l, err := latency(p, v, rate, latDur)
+			group: func(ps []*path, v codec.Version) ([]sample, error) {
+				ls, err := latency(ps, v, rate, latDur)
 				if err != nil {
-					return sample{}, err
+					return nil, err
 				}
-				return sample{value: float64(l.p99.Microseconds()), lat: l, note: l.note}, nil
+				smps := make([]sample, len(ls))
+				for i, l := range ls {
+					smps[i] = sample{value: float64(l.p99.Microseconds()), lat: l, note: l.note}
+				}
+				return smps, nil
 			},
 		})
 	}

@@ -267,29 +267,52 @@ func haproxyMaxConn() int {
 // selfCPU is the load generator's own CPU time.
 func selfCPU() time.Duration { return cpuTime(os.Getpid()) }
 
-// boxTimes is the whole machine's idle and total CPU time so far, in
-// ticks (/proc/stat's first line); zeros where it cannot be read.
-func boxTimes() (idle, total int64) {
-	b, err := os.ReadFile("/proc/stat")
+// box is the whole machine's CPU time in ticks (/proc/stat's first line):
+// the time this machine used or left idle, and the time the host took
+// from it (steal: a virtual CPU that wanted to run and was not run).
+type box struct{ idle, steal, total int64 }
+
+// boxTimes reads box so far; zeros where it cannot be read.
+func boxTimes() box {
+	var b box
+	data, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0
+		return b
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
+	line, _, _ := strings.Cut(string(data), "\n")
 	f := strings.Fields(line)
 	if len(f) < 5 || f[0] != "cpu" {
-		return 0, 0
+		return b
 	}
 	for i, s := range f[1:] {
 		n, _ := strconv.ParseInt(s, 10, 64)
-		if i == 7 { // steal onwards (steal, guest, guest_nice): not this box's to use
+		if i == 7 { // steal; guest and guest_nice after it are counted in user
+			b.steal = n
 			break
 		}
-		total += n
+		b.total += n
 		if i == 3 || i == 4 { // idle, iowait
-			idle += n
+			b.idle += n
 		}
 	}
-	return idle, total
+	return b
+}
+
+func (b box) since(a box) box {
+	return box{idle: b.idle - a.idle, steal: b.steal - a.steal, total: b.total - a.total}
+}
+
+// idlePct is the share of the machine's own time spent idle.
+func (b box) idlePct() float64 { return pct(b.idle, b.total) }
+
+// stealPct is the share of all CPU time the host took.
+func (b box) stealPct() float64 { return pct(b.steal, b.total+b.steal) }
+
+func pct(a, b int64) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return 100 * float64(a) / float64(b)
 }
 
 // runWait is how long a process's threads have waited for a CPU so far

@@ -248,7 +248,8 @@ func (r *results) markdown() string {
 			fmtStat(hp, okhp), fmtStat(mp, okmp), ratio(mp, hp, okmp, okhp))
 	}
 
-	w("\nOpen-loop latency publisher -> broker -> subscriber, both through the path (µs, medians over runs), from the\n")
+	w("\nOpen-loop latency publisher -> broker -> subscriber, both through the path (µs, medians over runs; within a run the\n")
+	w("paths take turns in %d slices each, all connected throughout, so they meet the same machine), from the\n", latencySlices)
 	w("publisher's write; the last column is p99 from each message's scheduled time, which adds the load generator's\n")
 	w("own lateness (its timers wake up to a millisecond late) and would show a path that pushed back on the sender:\n\n")
 	w("| rate | path | p50 | p99 | p99.9 | lost | p99 from schedule |\n|---|---|---:|---:|---:|---:|---:|\n")
@@ -356,7 +357,8 @@ func (r *results) goals(w func(string, ...any)) {
 			continue
 		}
 		// Within a repetition both paths add to the same direct p99, so
-		// comparing their p99s compares what each adds.
+		// comparing their p99s compares what each adds; the paths take
+		// turns through the same seconds, so each pair met the same host.
 		if row, pr, ok := r.paired(scn, value, "µs p99 (over the same direct path)"); ok {
 			check("added p99 latency at 5k msg/s, moat-tls <= haproxy-tls", row, pr <= 1)
 		}
