@@ -58,7 +58,18 @@ type Runtime struct {
 	// packet; a number fixes it. The GOMAXPROCS environment variable, when
 	// set, wins over both. Read at start.
 	Procs string `yaml:"procs"`
+	// GCFloor is the heap size under which Go's collector waits: the next
+	// collection runs at this size or at twice the live heap, whichever is
+	// larger (Go's own rule, GOGC=100, is the second). Default 32 MiB; -1
+	// is Go's rule alone. The GOGC environment variable, when set, wins.
+	// Read at start.
+	GCFloor ByteSize `yaml:"gc_floor"`
 }
+
+// DefaultGCFloor is Runtime.GCFloor's default: a connection storm leaves
+// about 50 KiB of garbage per TLS handshake, and with a live heap of a few
+// MiB Go's rule alone collected 20 times a second.
+const DefaultGCFloor = 32 << 20
 
 // ProcsAuto is Runtime.Procs's default.
 const ProcsAuto = "auto"
@@ -862,6 +873,7 @@ func (c *Config) Validate() error {
 	case err != nil || n < 1 || n > 4096:
 		bad("runtime.procs", "%q: use auto, or a number of threads from 1 to 4096", c.Runtime.Procs)
 	}
+	orDefault(&c.Runtime.GCFloor, DefaultGCFloor, "runtime.gc_floor", bad)
 
 	switch c.Log.Level {
 	case "":

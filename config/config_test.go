@@ -90,6 +90,22 @@ func TestRuntimeProcs(t *testing.T) {
 	}
 }
 
+func TestRuntimeGCFloor(t *testing.T) {
+	base := "listeners: [{name: a, address: \"127.0.0.1:1883\"}]\nupstream: {address: \"127.0.0.1:1884\"}\nauth: {anonymous: true}\npolicy: {mode: allow_all}\n"
+	for in, want := range map[string]ByteSize{"": DefaultGCFloor, "runtime: {gc_floor: 8MiB}\n": 8 << 20, "runtime: {gc_floor: -1}\n": -1} {
+		cfg, err := Parse([]byte(base + in))
+		if err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		if cfg.Runtime.GCFloor != want {
+			t.Fatalf("%q: gc_floor %d, want %d", in, cfg.Runtime.GCFloor, want)
+		}
+	}
+	if _, err := Parse([]byte(base + "runtime: {gc_floor: -2}\n")); err == nil || !strings.Contains(err.Error(), "not a size") {
+		t.Fatalf("gc_floor -2: %v, want an error", err)
+	}
+}
+
 func TestErrorsNameTheField(t *testing.T) {
 	base := "upstream: {address: \"127.0.0.1:1884\"}\npolicy: {mode: allow_all}\n"
 	listener := "listeners: [{name: a, address: \"127.0.0.1:1883\"}]\n"

@@ -233,7 +233,7 @@ func cmdRun(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) e
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	defer startProcs(cfg.Runtime, log)()
+	defer startRuntime(cfg.Runtime, log)()
 	var adm *admin.Server
 	if cfg.Admin.Address != "off" {
 		if adm, err = admin.New(cfg.Admin, srv, log, level); err == nil {

@@ -7,8 +7,34 @@ import (
 	"runtime"
 
 	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/gcfloor"
 	"github.com/moat-mqtt/moat/procs"
 )
+
+// startRuntime applies the runtime section; stop undoes it.
+func startRuntime(rt config.Runtime, log *slog.Logger) (stop func()) {
+	stopGC := startGCFloor(rt, log)
+	stopProcs := startProcs(rt, log)
+	return func() {
+		stopProcs()
+		stopGC()
+	}
+}
+
+// startGCFloor applies runtime.gc_floor. GOGC in the environment wins.
+func startGCFloor(rt config.Runtime, log *slog.Logger) (stop func()) {
+	if env := os.Getenv("GOGC"); env != "" {
+		log.Info("garbage collection left to the GOGC environment variable", "GOGC", env, "runtime.gc_floor", int64(rt.GCFloor))
+		return func() {}
+	}
+	if rt.GCFloor <= 0 {
+		return func() {}
+	}
+	f := gcfloor.New(uint64(rt.GCFloor))
+	f.Start()
+	log.Info("garbage collection waits for the heap floor", "gc_floor_bytes", int64(rt.GCFloor))
+	return f.Stop
+}
 
 // startProcs applies runtime.procs: a fixed GOMAXPROCS, or the controller
 // that sizes it to the load. GOMAXPROCS in the environment wins. stop ends
