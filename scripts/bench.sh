@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The side-by-side load harness: Mosquitto, HAProxy (TLS, TCP mode) and moat
 # on loopback, measured with the same load; results written into
-# docs/benchmarks.md and docs/bench-raw.json. About 8 minutes on 2 cores.
+# docs/benchmarks.md and docs/bench-raw.json. About 9 minutes on 2 cores.
 # Installs mosquitto and haproxy (Debian packages) when missing.
 #   bash scripts/bench.sh            full run
 #   bash scripts/bench.sh -smoke     seconds, writes nothing
