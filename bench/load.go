@@ -146,9 +146,8 @@ func latency(ps []*path, v codec.Version, rate int, dur time.Duration) ([]latenc
 	}
 	// Time the proxy's and the broker's threads sat runnable without a
 	// CPU, and the machine's CPU the host took: a tail the proxy's own
-	// code does not explain shows up here.
-	// A proxy serving two paths (its TLS and plain listeners) waited for
-	// the messages of both.
+	// code does not explain shows up here. A proxy serving two paths (its
+	// TLS and plain listeners) waited for the messages of both.
 	box := boxTimes().since(box0)
 	bwait := perOp(runWait(ps[0].broker.pid())-bwait0, n*len(runs))
 	through := map[*proc]int{}

@@ -150,6 +150,9 @@ func (f *Floor) tick() {
 	f.apply(h)
 	if f.raised && !f.busy {
 		f.raised = false
+		// Its own collection, however soon after the last one, is no
+		// sign of a storm.
+		f.lastGC = time.Time{}
 		f.collect()
 	}
 	if f.timer != nil {

@@ -162,6 +162,14 @@ func TestCollectionsCloseTogetherMeanBusy(t *testing.T) {
 	if want := []int{Base, 540, Base}; !slices.Equal(r.set, want) || r.collected != 1 {
 		t.Fatalf("GOGC set %v, %d collections; want %v and 1", r.set, r.collected, want)
 	}
+	// The collection the tick asked for, 100 ms after the storm's last:
+	// not a storm of its own, and the next quiet tick collects no more.
+	r.now = r.now.Add(100 * time.Millisecond)
+	f.afterGC()
+	f.tick()
+	if want := []int{Base, 540, Base}; !slices.Equal(r.set, want) || r.collected != 1 {
+		t.Fatalf("after its own collection: GOGC set %v, %d collections; want %v and 1", r.set, r.collected, want)
+	}
 }
 
 // TestFloorDefersCollections runs the real collector: 24 MiB of garbage
