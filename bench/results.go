@@ -21,11 +21,12 @@ import (
 var pathOrder = []string{"direct", "haproxy-tls", "moat-tls", "haproxy-tcp", "moat-tcp"}
 
 type results struct {
-	o       options
-	order   []string                       // scenario names in first-seen order
-	samples map[string]map[string][]sample // scenario -> path -> samples
-	gor     map[string]float64             // goroutines per connection by transport
-	elapsed time.Duration
+	o         options
+	order     []string                       // scenario names in first-seen order
+	samples   map[string]map[string][]sample // scenario -> path -> samples
+	gor       map[string]float64             // goroutines per connection by transport
+	idleLimit int                            // the open-file limit the idle test ran under; 0: not run
+	elapsed   time.Duration
 }
 
 func newResults(o options) *results {
@@ -293,8 +294,11 @@ func (r *results) markdown() string {
 		w("\n")
 	}
 	w("\nGoroutines per idle connection in moat: %.2f (TCP), %.2f (TLS).\n", r.gor["tcp"], r.gor["tls"])
-	w("The machine's open-file limit (hard limit 20,000, not raisable here) caps the idle test below 20,000\n")
-	w("connections: moat holds two descriptors per connection.\n\n")
+	if r.idleLimit > 0 {
+		w("The machine's open-file limit (hard limit %d) caps the idle test below %d connections: each proxy\n", r.idleLimit, maxIdle)
+		w("holds two descriptors per connection.\n")
+	}
+	w("\n")
 	r.goals(w)
 	return b.String()
 }

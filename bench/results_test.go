@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func TestPairedRatio(t *testing.T) {
 	r := newResults(options{})
@@ -20,5 +23,19 @@ func TestPairedRatio(t *testing.T) {
 	}
 	if _, n := r.pairedRatio("s", "a", "missing", cpuOp); n != 0 {
 		t.Fatal("pairs counted against a path with no samples")
+	}
+}
+
+func TestIdleCounts(t *testing.T) {
+	for limit, want := range map[int][]int{
+		1 << 20: {5000, 20000}, // 5,000 and 20,000 where the limit allows
+		20000:   {5000, 9000},  // each proxy holds two descriptors per connection
+		12000:   {5000},
+		4096:    {1000},
+		1024:    {300},
+	} {
+		if got := idleCounts(limit); !slices.Equal(got, want) {
+			t.Errorf("idleCounts(%d) = %v, want %v", limit, got, want)
+		}
 	}
 }
