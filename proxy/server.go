@@ -357,6 +357,17 @@ func (s *Server) Policy() *policy.Engine { return s.policy }
 
 // Start binds every listener and starts accepting. If one cannot bind, the
 // others are closed and the error names the listener.
+// listenConfig and dialer turn TCP keep-alive off, on both sides. A client
+// silent past its MQTT keep alive is cut by moat's own deadline (a keep
+// alive of 0 is held to limits.max_keep_alive), and a broker by the
+// client's pings and moat's write deadline; the probes would only cost
+// four setsockopt calls per socket. Go sets TCP_NODELAY on every TCP
+// connection itself.
+var (
+	listenConfig = net.ListenConfig{KeepAlive: -1}
+	dialer       = net.Dialer{KeepAlive: -1}
+)
+
 func (s *Server) Start() error {
 	if p, err := newParker(); err != nil {
 		s.log.Warn("idle connections will keep their goroutines", "error", err)
@@ -364,7 +375,7 @@ func (s *Server) Start() error {
 		s.parker = p
 	}
 	for _, l := range s.listeners {
-		ln, err := net.Listen("tcp", l.cfg.Address)
+		ln, err := listenConfig.Listen(context.Background(), "tcp", l.cfg.Address)
 		if err != nil {
 			for _, o := range s.listeners {
 				if o.ln != nil {
@@ -454,9 +465,6 @@ func (s *Server) acceptLoop(l *listener) {
 // returns nil, having released the admission and closed the connection,
 // when the server is shutting down.
 func (s *Server) sessionFor(l *listener, conn net.Conn, addr string, peer net.Addr) *session {
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-	}
 	sess := newSession(s, l, conn)
 	sess.addr, sess.peer = addr, peer
 	if !s.track(sess) {

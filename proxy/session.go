@@ -539,16 +539,13 @@ func (s *session) dialBroker(n int) (conn net.Conn, err error) {
 	cfg := &s.srv.cfg.Upstream
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
-	dial := (&net.Dialer{}).DialContext
+	dial := dialer.DialContext
 	if s.srv.dial != nil {
 		dial = s.srv.dial
 	}
 	conn, err = dial(ctx, "tcp", s.srv.upstreams[n])
 	if err != nil {
 		return nil, err
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
 	}
 	wc := newWaitConn(conn, s.srv.upstream != nil)
 	s.uwc, _ = wc.(*waitConn)
