@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,6 +139,7 @@ func latency(ps []*path, v codec.Version, rate int, dur time.Duration) ([]latenc
 		<-r.done
 		l := summarize(r.lat, n)
 		l.schedP99 = summarize(r.fromSched, n).p99
+		l.all = r.lat // sorted by summarize
 		out[i] = l
 	}
 	if sendErr != nil {
@@ -240,15 +241,20 @@ type latencyResult struct {
 	schedP99       time.Duration // from the scheduled time
 	lost           int
 	note           string
+	all            []time.Duration // every latency from the write, sorted
 }
 
 func summarize(lat []time.Duration, sent int) latencyResult {
 	if len(lat) == 0 {
 		return latencyResult{lost: sent}
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	q := func(f float64) time.Duration { return lat[min(len(lat)-1, int(f*float64(len(lat))))] }
-	return latencyResult{p50: q(0.50), p99: q(0.99), p999: q(0.999), lost: sent - len(lat)}
+	slices.Sort(lat)
+	return latencyResult{p50: quantile(lat, 0.50), p99: quantile(lat, 0.99), p999: quantile(lat, 0.999), lost: sent - len(lat)}
+}
+
+// quantile of sorted, non-empty lat.
+func quantile(lat []time.Duration, f float64) time.Duration {
+	return lat[min(len(lat)-1, int(f*float64(len(lat))))]
 }
 
 // fanout: one publisher, subs subscribers, all through the path; the rate

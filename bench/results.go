@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -253,7 +254,7 @@ func (r *results) markdown() string {
 	w("paths take turns in %d slices each, all connected throughout, so they meet the same machine), from the\n", latencySlices)
 	w("publisher's write; the last column is p99 from each message's scheduled time, which adds the load generator's\n")
 	w("own lateness (its timers wake up to a millisecond late) and would show a path that pushed back on the sender:\n\n")
-	w("| rate | path | p50 | p99 | p99.9 | lost | p99 from schedule |\n|---|---|---:|---:|---:|---:|---:|\n")
+	w("| rate | path | p50 | p99 | p99.9 | lost | p99 from schedule | p99 of all runs' messages |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, scn := range r.order {
 		if !strings.HasPrefix(scn, "latency") {
 			continue
@@ -271,12 +272,14 @@ func (r *results) markdown() string {
 				st, _ := stats(xs)
 				return fmtNum(st.med)
 			}
-			w("| %s | %s | %s | %s | %s | %s | %s |\n", strings.TrimPrefix(scn, "latency "), p,
+			pooled, _ := r.pooledP99(scn, p)
+			w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", strings.TrimPrefix(scn, "latency "), p,
 				pick(func(l latencyResult) float64 { return float64(l.p50.Microseconds()) }),
 				pick(func(l latencyResult) float64 { return float64(l.p99.Microseconds()) }),
 				pick(func(l latencyResult) float64 { return float64(l.p999.Microseconds()) }),
 				pick(func(l latencyResult) float64 { return float64(l.lost) }),
-				pick(func(l latencyResult) float64 { return float64(l.schedP99.Microseconds()) }))
+				pick(func(l latencyResult) float64 { return float64(l.schedP99.Microseconds()) }),
+				fmtNum(float64(pooled.Microseconds())))
 		}
 	}
 
@@ -323,6 +326,20 @@ func (r *results) pairedRatio(scn, a, b string, f func(sample) float64) (float64
 	return median(rs), len(rs)
 }
 
+// pooledP99 is the p99 of every latency of path's samples in scn, and
+// how many there were.
+func (r *results) pooledP99(scn, path string) (time.Duration, int) {
+	var all []time.Duration
+	for _, s := range r.samples[scn][path] {
+		all = append(all, s.lat.all...)
+	}
+	if len(all) == 0 {
+		return 0, 0
+	}
+	slices.Sort(all)
+	return quantile(all, 0.99), len(all)
+}
+
 // paired is a goal row comparing moat-tls with haproxy-tls: their medians,
 // and the median of their per-repetition ratios, which the verdict uses.
 func (r *results) paired(scn string, f func(sample) float64, unit string) (row string, ratio float64, ok bool) {
@@ -360,11 +377,27 @@ func (r *results) goals(w func(string, ...any)) {
 		if !strings.HasPrefix(scn, "latency 5000") {
 			continue
 		}
-		// Within a repetition both paths add to the same direct p99, so
-		// comparing their p99s compares what each adds; the paths take
-		// turns through the same seconds, so each pair met the same host.
-		if row, pr, ok := r.paired(scn, value, "µs p99 (over the same direct path)"); ok {
-			check("added p99 latency at 5k msg/s, moat-tls <= haproxy-tls", row, pr <= 1)
+		// Both paths add to the same direct p99, so comparing their p99s
+		// compares what each adds. The paths took turns through the same
+		// seconds in every repetition, so all of one path's messages met
+		// the same host as all of the other's: the verdict is on the p99
+		// of every message, which a few millisecond stalls in one 5 s
+		// repetition move far less than they move that repetition's p99.
+		pm, nm := r.pooledP99(scn, "moat-tls")
+		ph, nh := r.pooledP99(scn, "haproxy-tls")
+		if nm > 0 && nh > 0 {
+			row := fmt.Sprintf("%s vs %s µs, p99 of all %d and %d messages", fmtNum(float64(pm.Microseconds())), fmtNum(float64(ph.Microseconds())), nm, nh)
+			if pr, n := r.pairedRatio(scn, "moat-tls", "haproxy-tls", value); n > 0 {
+				lower := 0
+				ms, hs := r.samples[scn]["moat-tls"], r.samples[scn]["haproxy-tls"]
+				for i := 0; i < n && i < len(ms) && i < len(hs); i++ {
+					if ms[i].value <= hs[i].value {
+						lower++
+					}
+				}
+				row += fmt.Sprintf("; per repetition %.2fx (median of %d), moat lower in %d", pr, n, lower)
+			}
+			check("added p99 latency at 5k msg/s, moat-tls <= haproxy-tls", row, pm <= ph)
 		}
 	}
 	if row, pr, ok := r.paired("connections/s full handshake", value, "conn/s"); ok {

@@ -3,6 +3,7 @@ package main
 import (
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestPairedRatio(t *testing.T) {
@@ -37,5 +38,26 @@ func TestIdleCounts(t *testing.T) {
 		if got := idleCounts(limit); !slices.Equal(got, want) {
 			t.Errorf("idleCounts(%d) = %v, want %v", limit, got, want)
 		}
+	}
+}
+
+func TestPooledP99(t *testing.T) {
+	r := newResults(options{})
+	run := func(from, to int) sample {
+		var l latencyResult
+		for i := from; i <= to; i++ {
+			l.all = append(l.all, time.Duration(i))
+		}
+		return sample{lat: l}
+	}
+	// Two runs of 100: the p99 of the 200 is the 199th smallest, which
+	// neither run's own p99 (100 and 200) is.
+	r.add("latency", "a", run(101, 200))
+	r.add("latency", "a", run(1, 100))
+	if got, n := r.pooledP99("latency", "a"); n != 200 || got != 199 {
+		t.Fatalf("pooled p99 %v of %d, want 199 of 200", got, n)
+	}
+	if _, n := r.pooledP99("latency", "missing"); n != 0 {
+		t.Fatal("a path with no samples has a pooled p99")
 	}
 }
