@@ -26,7 +26,7 @@ type results struct {
 	order     []string                       // scenario names in first-seen order
 	samples   map[string]map[string][]sample // scenario -> path -> samples
 	gor       map[string]float64             // goroutines per connection by transport
-	idleLimit int                            // the open-file limit the idle test ran under; 0: not run
+	idleLimit int                            // the open-file limit that capped the idle test; 0: none did
 	elapsed   time.Duration
 }
 
@@ -391,7 +391,7 @@ func (r *results) goals(w func(string, ...any)) {
 				lower := 0
 				ms, hs := r.samples[scn]["moat-tls"], r.samples[scn]["haproxy-tls"]
 				for i := 0; i < n && i < len(ms) && i < len(hs); i++ {
-					if ms[i].value <= hs[i].value {
+					if ms[i].value < hs[i].value {
 						lower++
 					}
 				}

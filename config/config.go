@@ -58,11 +58,11 @@ type Runtime struct {
 	// packet; a number fixes it. The GOMAXPROCS environment variable, when
 	// set, wins over both. Read at start.
 	Procs string `yaml:"procs"`
-	// GCFloor is the heap size under which Go's collector waits: the next
-	// collection runs at this size or at twice the live heap, whichever is
-	// larger (Go's own rule, GOGC=100, is the second). Default 32 MiB; -1
-	// is Go's rule alone. The GOGC environment variable, when set, wins.
-	// Read at start.
+	// GCFloor is the heap size Go's collector waits for while moat
+	// allocates fast (a connection storm): the next collection runs at
+	// this size or at twice the live heap, whichever is larger (Go's own
+	// rule, GOGC=100, is the second). Default 32 MiB; -1 is Go's rule
+	// alone. The GOGC environment variable, when set, wins. Read at start.
 	GCFloor ByteSize `yaml:"gc_floor"`
 }
 

@@ -355,8 +355,6 @@ func (s *Server) loadPolicy() error {
 // Policy returns the policy engine, nil in allow_all mode.
 func (s *Server) Policy() *policy.Engine { return s.policy }
 
-// Start binds every listener and starts accepting. If one cannot bind, the
-// others are closed and the error names the listener.
 // listenConfig and dialer turn TCP keep-alive off, on both sides. A client
 // silent past its MQTT keep alive is cut by moat's own deadline (a keep
 // alive of 0 is held to limits.max_keep_alive), and a broker by the
@@ -368,6 +366,8 @@ var (
 	dialer       = net.Dialer{KeepAlive: -1}
 )
 
+// Start binds every listener and starts accepting. If one cannot bind, the
+// others are closed and the error names the listener.
 func (s *Server) Start() error {
 	if p, err := newParker(); err != nil {
 		s.log.Warn("idle connections will keep their goroutines", "error", err)
