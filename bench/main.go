@@ -198,23 +198,12 @@ func run(o options) error {
 			if len(ps) == 0 {
 				continue
 			}
-			var smps []sample
-			if scn.group != nil {
-				var err error
-				if smps, err = scn.group(ps, v); err != nil {
-					return fmt.Errorf("%s: %w", scn.name, err)
-				}
+			smps, err := scn.runAll(ps, v)
+			if err != nil {
+				return fmt.Errorf("%s%w", scn.name, err)
 			}
 			for i, p := range ps {
-				var smp sample
-				if scn.group != nil {
-					smp = smps[i]
-				} else {
-					var err error
-					if smp, err = scn.run(p, v); err != nil {
-						return fmt.Errorf("%s via %s: %w", scn.name, p.name, err)
-					}
-				}
+				smp := smps[i]
 				r.add(scn.name, p.name, smp)
 				fmt.Fprintf(os.Stderr, "rep %d %-32s %-12s %12.1f %8.2f µs/op %s\n", rep+1, scn.name, p.name, smp.value, smp.cpuPerOp, smp.note)
 			}
@@ -313,6 +302,27 @@ type scenario struct {
 	run   func(p *path, v codec.Version) (sample, error)
 	group func(ps []*path, v codec.Version) ([]sample, error)
 	skip  func(p *path) bool
+}
+
+// runAll measures every path: at once for a group scenario, else one
+// path after another. The error names the path where there is one.
+func (scn scenario) runAll(ps []*path, v codec.Version) ([]sample, error) {
+	if scn.group != nil {
+		smps, err := scn.group(ps, v)
+		if err != nil {
+			return nil, fmt.Errorf(": %w", err)
+		}
+		return smps, nil
+	}
+	smps := make([]sample, len(ps))
+	for i, p := range ps {
+		smp, err := scn.run(p, v)
+		if err != nil {
+			return nil, fmt.Errorf(" via %s: %w", p.name, err)
+		}
+		smps[i] = smp
+	}
+	return smps, nil
 }
 
 func scenarios(o options) []scenario {
