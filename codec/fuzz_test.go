@@ -228,13 +228,21 @@ func FuzzProperties(f *testing.F) {
 // chunkReader hands out data in reads of the sizes it cycles through, so
 // the Reader sees short reads, reads that fill its inline array exactly and
 // large ones.
+// With pause set, every pause-th read fails with errPause instead (a read
+// deadline passing), which the Reader must survive.
 type chunkReader struct {
 	data  []byte
 	sizes []int
 	i     int
+	pause int
+	reads int
 }
 
 func (c *chunkReader) Read(p []byte) (int, error) {
+	c.reads++
+	if c.pause > 0 && c.reads%c.pause == 0 {
+		return 0, errPause
+	}
 	if len(c.data) == 0 {
 		return 0, io.EOF
 	}
@@ -248,7 +256,9 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 // FuzzReaderChunking: how the stream is cut into reads must not change
 // what is framed. A reader fed one byte at a time and one fed in chunks
 // chosen by the input (around the inline array's size, and far above it)
-// return the same frames and fail at the same packet.
+// return the same frames and fail at the same packet, also when reads of
+// the chunked one time out now and then (and it releases its buffers while
+// it waits, as a pump does).
 func FuzzReaderChunking(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, level byte, data []byte) {
@@ -257,12 +267,18 @@ func FuzzReaderChunking(f *testing.F) {
 			sizes[i] = max(sizes[i], 1)
 		}
 		a := NewReader(iotest.OneByteReader(bytes.NewReader(data)), 4096)
-		b := NewReader(&chunkReader{data: data, sizes: sizes}, 4096)
+		b := NewReader(&chunkReader{data: data, sizes: sizes, pause: []int{0, 2, 3, 5}[level>>3%4]}, 4096)
 		a.SkipOversizePublish(level&4 != 0)
 		b.SkipOversizePublish(level&4 != 0)
 		for i := 0; i < 64; i++ {
 			fa, ea := a.ReadPacket()
 			fb, eb := b.ReadPacket()
+			for errors.Is(eb, errPause) {
+				if b.Buffered() == 0 {
+					b.Release()
+				}
+				fb, eb = b.ReadPacket()
+			}
 			if (ea == nil) != (eb == nil) {
 				t.Fatalf("packet %d: one-byte reads: %v; chunked reads %v: %v", i, ea, sizes, eb)
 			}

@@ -46,8 +46,41 @@ type Reader struct {
 	bigp  *[]byte // the pool's pointer, if big came from it
 	full  bool    // the last read filled all the space offered
 	skip  bool    // discard an oversize PUBLISH instead of failing
+	res   resume  // a large or skipped packet in progress
 	small [smallRead]byte
 }
+
+// resume is the packet ReadPacket was in the middle of when the source
+// returned an error that may pass (a read deadline): the next call goes on
+// with it instead of reading its remaining bytes as a new packet. A packet
+// that fits the buffer needs none of this, as its bytes stay buffered
+// until it is whole.
+type resume struct {
+	mode  byte // 0 (none), resumeLarge or resumeSkip
+	t     PacketType
+	flags byte
+	hdr   int // fixed header size
+	total int
+	// Skipping: bytes of the packet not yet read past, the field being
+	// read, bytes of it still to discard, and the packet identifier.
+	left int
+	step byte
+	skip int
+	id   uint16
+}
+
+const (
+	resumeLarge = 1 + iota
+	resumeSkip
+)
+
+// Steps of skipping an oversize PUBLISH.
+const (
+	skipTopicLen = iota
+	skipTopic
+	skipID
+	skipBody
+)
 
 const (
 	// PoolBufSize is the size of the pooled read buffers.
@@ -95,8 +128,9 @@ func (r *Reader) Buffered() int { return r.w - r.r }
 
 // Release returns the read buffers to their pools. ReadPacket does this
 // itself whenever everything read has been handed out; call it before
-// waiting for more by other means, and when a connection ends. Frames read
-// before are invalid afterwards; buffered bytes are dropped.
+// waiting for more by other means. Frames read before are invalid
+// afterwards and buffered bytes are dropped, but a large packet in
+// progress keeps its buffer: it is not waiting by other means.
 func (r *Reader) Release() {
 	// The pools hold the *[]byte they handed out: putting back a fresh
 	// pointer would allocate on every release.
@@ -105,6 +139,20 @@ func (r *Reader) Release() {
 		bufPool.Put(r.bufp)
 	}
 	r.buf, r.bufp, r.r, r.w = nil, nil, 0, 0
+	if r.res.mode != resumeLarge {
+		r.releaseBig()
+	}
+}
+
+// Drop returns every buffer, a packet in progress's too, for a connection
+// that ends.
+func (r *Reader) Drop() {
+	r.res = resume{}
+	r.Release()
+	r.releaseBig()
+}
+
+func (r *Reader) releaseBig() {
 	if r.bigp != nil && cap(r.big) == eagerBody {
 		*r.bigp = r.big[:0]
 		bigPool.Put(r.bigp)
@@ -178,6 +226,12 @@ func (r *Reader) ensure(n int) error {
 // they are (io.EOF at a packet boundary, io.ErrUnexpectedEOF inside one);
 // protocol violations are *Error values.
 func (r *Reader) ReadPacket() (Frame, error) {
+	switch r.res.mode {
+	case resumeLarge:
+		return r.largeRest()
+	case resumeSkip:
+		return r.skipRest()
+	}
 	if r.r == r.w {
 		// Everything handed out: idle until more arrives.
 		r.Release()
@@ -230,13 +284,21 @@ func (r *Reader) ReadPacket() (Frame, error) {
 
 // readLarge assembles a packet bigger than the pooled buffer in its own
 // buffer, growing it with the bytes received rather than the declaration.
+// An error from the source leaves the packet in progress: the next
+// ReadPacket goes on with it.
 func (r *Reader) readLarge(t PacketType, flags byte, hdr, total int) (Frame, error) {
 	if r.big == nil {
 		r.bigp = bigPool.Get().(*[]byte)
 		r.big = (*r.bigp)[:0]
 	}
-	big := append(r.big[:0], r.buf[r.r:r.w]...)
+	r.big = append(r.big[:0], r.buf[r.r:r.w]...)
 	r.r = r.w
+	r.res = resume{mode: resumeLarge, t: t, flags: flags, hdr: hdr, total: total}
+	return r.largeRest()
+}
+
+func (r *Reader) largeRest() (Frame, error) {
+	big, total := r.big, r.res.total
 	for len(big) < total {
 		if len(big) == cap(big) {
 			big = append(big, 0)[:len(big)]
@@ -250,65 +312,83 @@ func (r *Reader) readLarge(t PacketType, flags byte, hdr, total int) (Frame, err
 		}
 	}
 	r.big = big
+	t, flags, hdr := r.res.t, r.res.flags, r.res.hdr
+	r.res = resume{}
 	return Frame{Type: t, Flags: flags, Bytes: big, Body: big[hdr:]}, nil
 }
 
 // skipPublish reads past an oversize PUBLISH, keeping only its packet
 // identifier: the topic length, the topic (discarded) and, at QoS 1 or 2,
-// the identifier. hdr is the fixed header's size, total the packet's.
+// the identifier. hdr is the fixed header's size, total the packet's. Like
+// readLarge it can be resumed after an error from the source.
 func (r *Reader) skipPublish(flags byte, hdr, total int) (Frame, error) {
 	r.r += hdr // buffered: the remaining length was just parsed
-	left := total - hdr
-	u16 := func() (uint16, error) {
-		if left < 2 {
-			return 0, malformed("MQTT-3.3.2-1", "PUBLISH too short for its variable header")
-		}
-		if err := r.ensure(2); err != nil {
-			return 0, unexpected(err)
-		}
-		v := uint16(r.buf[r.r])<<8 | uint16(r.buf[r.r+1])
-		r.r += 2
-		left -= 2
-		return v, nil
-	}
-	tl, err := u16()
-	if err != nil {
-		return Frame{}, err
-	}
-	if int(tl) > left {
-		return Frame{}, malformed("MQTT-1.5.4", "topic length %d exceeds the packet", tl)
-	}
-	if err := r.discard(int(tl)); err != nil {
-		return Frame{}, err
-	}
-	left -= int(tl)
-	var id uint16
-	if flags&0x06 != 0 {
-		if id, err = u16(); err != nil {
-			return Frame{}, err
-		}
-		if id == 0 {
-			return Frame{}, malformed("MQTT-2.2.1-3", "PUBLISH at QoS > 0 with packet identifier 0")
-		}
-	}
-	if err := r.discard(left); err != nil {
-		return Frame{}, err
-	}
-	return Frame{Type: PUBLISH, Flags: flags, Skipped: total, SkippedID: id}, nil
+	r.res = resume{mode: resumeSkip, t: PUBLISH, flags: flags, total: total, left: total - hdr}
+	return r.skipRest()
 }
 
-// discard reads past n bytes, a buffer at a time.
-func (r *Reader) discard(n int) error {
-	for n > 0 {
+func (r *Reader) skipRest() (Frame, error) {
+	s := &r.res
+	for {
+		switch s.step {
+		case skipTopicLen, skipID:
+			if s.left < 2 {
+				r.res = resume{}
+				return Frame{}, malformed("MQTT-3.3.2-1", "PUBLISH too short for its variable header")
+			}
+			if err := r.ensure(2); err != nil {
+				return Frame{}, unexpected(err)
+			}
+			v := uint16(r.buf[r.r])<<8 | uint16(r.buf[r.r+1])
+			r.r += 2
+			s.left -= 2
+			if s.step == skipID {
+				if v == 0 {
+					r.res = resume{}
+					return Frame{}, malformed("MQTT-2.2.1-3", "PUBLISH at QoS > 0 with packet identifier 0")
+				}
+				s.id, s.skip, s.step = v, s.left, skipBody
+				continue
+			}
+			if int(v) > s.left {
+				r.res = resume{}
+				return Frame{}, malformed("MQTT-1.5.4", "topic length %d exceeds the packet", v)
+			}
+			s.skip, s.left, s.step = int(v), s.left-int(v), skipTopic
+		case skipTopic:
+			if err := r.discard(&s.skip); err != nil {
+				return Frame{}, err
+			}
+			s.step = skipBody
+			if s.flags&0x06 != 0 {
+				s.step = skipID
+			} else {
+				s.skip = s.left
+			}
+		case skipBody:
+			if err := r.discard(&s.skip); err != nil {
+				return Frame{}, err
+			}
+			f := Frame{Type: PUBLISH, Flags: s.flags, Skipped: s.total, SkippedID: s.id}
+			r.res = resume{}
+			return f, nil
+		}
+	}
+}
+
+// discard reads past *n bytes, a buffer at a time, counting *n down so an
+// error leaves what is still to be read.
+func (r *Reader) discard(n *int) error {
+	for *n > 0 {
 		if r.r == r.w {
 			r.r, r.w = 0, 0
 			if err := r.fill(); err != nil {
 				return unexpected(err)
 			}
 		}
-		k := min(n, r.w-r.r)
+		k := min(*n, r.w-r.r)
 		r.r += k
-		n -= k
+		*n -= k
 	}
 	return nil
 }

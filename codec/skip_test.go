@@ -105,3 +105,79 @@ func isTooLarge(err error) bool {
 	var ce *Error
 	return errors.As(err, &ce) && ce.Code == PacketTooLarge
 }
+
+// pausing hands out its bytes k at a time with a timeout error between
+// every two reads, as a socket whose read deadline passes mid-packet does.
+type pausing struct {
+	b      []byte
+	k      int
+	paused bool
+}
+
+var errPause = errors.New("i/o timeout")
+
+func (p *pausing) Read(b []byte) (int, error) {
+	if !p.paused {
+		p.paused = true
+		return 0, errPause
+	}
+	p.paused = false
+	if len(p.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(b[:min(len(b), p.k)], p.b)
+	p.b = p.b[n:]
+	return n, nil
+}
+
+// TestReaderResumesAfterErrors: a read error in the middle of a packet (the
+// idle deadline passing while a slow client sends a large packet) leaves
+// the packet in progress, and the next ReadPacket finishes it, for a
+// packet that fits the buffer, one larger than it and one being skipped.
+// Release between the calls, as a pump that waits does, keeps it too.
+func TestReaderResumesAfterErrors(t *testing.T) {
+	ping := []byte{0xd0, 0}
+	cases := []struct {
+		name string
+		pkt  []byte
+		skip bool
+	}{
+		{"small", oversizePublish(t, 1, 5, "a/b", 300, V311), false},
+		{"larger than the buffer", oversizePublish(t, 1, 6, "a/b", 40<<10, V311), false},
+		{"skipped", oversizePublish(t, 1, 7, "a/b", 3000, V311), true},
+		{"skipped, larger than the buffer", oversizePublish(t, 2, 8, "plant", 40<<10, V5), true},
+	}
+	for _, c := range cases {
+		for _, k := range []int{1, 7, 1000, 5000} {
+			src := &pausing{b: append(append([]byte{}, c.pkt...), ping...), k: k}
+			r := NewReader(src, 1<<20)
+			if c.skip {
+				r.SetMaxPacketSize(1024)
+				r.SkipOversizePublish(true)
+			}
+			var got []Frame
+			for tries := 0; len(got) < 2 && tries < 1e6; tries++ {
+				f, err := r.ReadPacket()
+				if errors.Is(err, errPause) {
+					if r.Buffered() == 0 {
+						r.Release()
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("%s, %d at a time: %v after %d packets", c.name, k, err, len(got))
+				}
+				if f.Type == PUBLISH && !c.skip && !bytes.Equal(f.Bytes, c.pkt) {
+					t.Fatalf("%s, %d at a time: PUBLISH of %d bytes differs from the %d sent", c.name, k, len(f.Bytes), len(c.pkt))
+				}
+				got = append(got, f)
+			}
+			if len(got) != 2 || got[0].Type != PUBLISH || got[1].Type != PINGRESP {
+				t.Fatalf("%s, %d at a time: got %d frames %v", c.name, k, len(got), got)
+			}
+			if c.skip && (got[0].Skipped != len(c.pkt) || got[0].SkippedID == 0) {
+				t.Fatalf("%s, %d at a time: skipped %d id %d, want %d", c.name, k, got[0].Skipped, got[0].SkippedID, len(c.pkt))
+			}
+		}
+	}
+}

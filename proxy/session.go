@@ -263,10 +263,10 @@ func (s *session) finish() {
 	}
 	s.closeAll()
 	if s.cr != nil {
-		s.cr.Release()
+		s.cr.Drop()
 	}
 	if s.ur != nil {
-		s.ur.Release()
+		s.ur.Drop()
 	}
 	if s.cwc != nil {
 		s.cwc.Release()

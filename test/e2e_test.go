@@ -359,3 +359,47 @@ func TestClientAuthVerifyIfGiven(t *testing.T) {
 		t.Fatalf("certificate from another CA: %v", err)
 	}
 }
+
+// TestSlowPacketsArriveWhole: a packet whose bytes take longer than moat's
+// one-second idle wait to arrive is forwarded whole, for a packet that fits
+// the read buffer, one larger than it, and under TLS. A plant link can be
+// that slow (a cellular modem pushing a recipe or a firmware chunk).
+func TestSlowPacketsArriveWhole(t *testing.T) {
+	e := newEnv(t, nil)
+	direct := newReceived()
+	dsub := paho5(t, e.broker.Addr, nil, "slow-direct", direct)
+	sub5(t, dsub, "slow/#", 1)
+	for i, tc := range []struct {
+		name string
+		size int
+		tls  bool
+	}{
+		{"small", 1000, false},
+		{"larger than the read buffer", 40 << 10, false},
+		{"larger than the read buffer, TLS", 40 << 10, true},
+		{"small, TLS", 1000, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, tcfg := e.plain, (*tls.Config)(nil)
+			if tc.tls {
+				addr, tcfg = e.tls, e.tlsConfig("")
+			}
+			c := mqtttest.DialRaw(t, addr, tcfg)
+			c.Connect(codec.V311, fmt.Sprintf("slow-%d", i), 30)
+			payload := bytes.Repeat([]byte{byte('a' + i)}, tc.size)
+			b, _ := (&codec.Publish{QoS: 1, PacketID: 7, Topic: []byte(fmt.Sprintf("slow/%d", i)), Payload: payload}).Append(nil, codec.V311)
+			before := direct.count()
+			half := len(b) / 2
+			c.Send(b[:half])
+			time.Sleep(1600 * time.Millisecond) // past the idle wait (1.125 s)
+			c.Send(b[half:])
+			if p := c.Expect(10 * time.Second); p.Type() != codec.PUBACK {
+				t.Fatalf("got %s, want PUBACK", p.Type())
+			}
+			got := direct.wait(t, before+1, 10*time.Second)[before]
+			if got.Payload != string(payload) {
+				t.Fatalf("broker got %d bytes, want the %d sent", len(got.Payload), len(payload))
+			}
+		})
+	}
+}
