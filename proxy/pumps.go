@@ -65,24 +65,31 @@ func (p clientToBroker) run(resumed error) (parked bool) {
 		return false
 	}
 	for !s.ended.Load() {
-		if s.clientIdle() {
-			s.armClient()
-			if s.draining.Load() {
-				p.drain()
-				return false
-			}
-			s.cr.Release()
-			parked, err := s.wait(s.cwc, &s.cpark, s.kaDeadline, &s.armedAt, s.resumeClient)
-			if parked {
-				return true
-			}
-			if err != nil {
-				p.readError(err)
+		if s.cwc == nil {
+			// Not a socket (a WebSocket): plain blocking reads.
+			if !p.handle() {
 				return false
 			}
 			continue
 		}
-		if !p.handle() {
+		s.armClient()
+		if s.draining.Load() {
+			p.drain()
+			return false
+		}
+		more, err := s.cwc.serve(s.cStep, &s.ended)
+		if !more {
+			return false
+		}
+		if err == nil {
+			continue
+		}
+		parked, err := s.waited(s.cwc, err, &s.cpark, s.kaDeadline, &s.armedAt, s.resumeClient)
+		if parked {
+			return true
+		}
+		if err != nil {
+			p.readError(err)
 			return false
 		}
 	}
@@ -102,6 +109,12 @@ func (p clientToBroker) handle() bool {
 	}
 	f, err := s.cr.ReadPacket()
 	if err != nil {
+		if err == errWouldBlock {
+			if s.clientIdle() {
+				s.cr.Release() // waiting: hold no buffer
+			}
+			return true
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) && !expired(s.kaDeadline) && !s.draining.Load() {
 			// Only the idle deadline, in the middle of a packet: keep reading.
 			s.armedAt = 0
@@ -223,20 +236,29 @@ func (p brokerToClient) run(resumed error) (parked bool) {
 		return false
 	}
 	for {
-		if s.upstreamIdle() {
-			s.armUpstream()
-			s.ur.Release()
-			parked, err := s.wait(s.uwc, &s.upark, s.upstreamDeadline(), &s.uArmedAt, s.resumeUpstream)
-			if parked {
-				return true
-			}
-			if err != nil {
-				p.readError(err)
+		if s.uwc == nil || s.ended.Load() {
+			// Not a socket, or the session has ended (which is what makes
+			// serve return) and this pump relays what the broker still
+			// sends until it closes: plain blocking reads.
+			if !p.handle() {
 				return false
 			}
 			continue
 		}
-		if !p.handle() {
+		s.armUpstream()
+		more, err := s.uwc.serve(s.uStep, &s.ended)
+		if !more {
+			return false
+		}
+		if err == nil {
+			continue
+		}
+		parked, err := s.waited(s.uwc, err, &s.upark, s.upstreamDeadline(), &s.uArmedAt, s.resumeUpstream)
+		if parked {
+			return true
+		}
+		if err != nil {
+			p.readError(err)
 			return false
 		}
 	}
@@ -248,6 +270,12 @@ func (p brokerToClient) handle() bool {
 	s.armUpstream()
 	f, err := s.ur.ReadPacket()
 	if err != nil {
+		if err == errWouldBlock {
+			if s.upstreamIdle() {
+				s.ur.Release()
+			}
+			return true
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) && !expired(s.upstreamDeadline()) {
 			s.uArmedAt = 0
 			return true

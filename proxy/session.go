@@ -111,6 +111,7 @@ type session struct {
 	// functions that resume them (bound once: parking allocates little).
 	cpark, upark                 atomic.Uint64
 	resumeClient, resumeUpstream func(error)
+	cStep, uStep                 func() bool // the pumps' handle, bound once
 	// What each pump queued and has not flushed (client->broker: cq).
 	cq, uq queued
 	// clientMaxPacket is the client's own Maximum Packet Size (MQTT 5), for
@@ -182,6 +183,7 @@ func (s *session) serve() {
 	s.armExpiry()
 	s.takeBucket()
 	s.resumeClient, s.resumeUpstream = clientToBroker{s}.start, brokerToClient{s}.start
+	s.cStep, s.uStep = clientToBroker{s}.handle, brokerToClient{s}.handle
 	s.flushBeforeReads()
 	// Most clients say nothing right after CONNACK: park both sides at
 	// once rather than start goroutines only to park them a second later.
@@ -675,13 +677,13 @@ func (s *session) upstreamDeadline() time.Time {
 // expired reports whether hard (zero: none) has passed.
 func expired(hard time.Time) bool { return !hard.IsZero() && !time.Now().Before(hard) }
 
-// wait blocks until wc's socket has data. A wait that runs into the idle
-// deadline without the hard deadline having passed moves to the parker:
-// it returns parked, the caller's goroutine must return, and resume
-// continues the pump later on a new goroutine.
-func (s *session) wait(wc *waitConn, slot *atomic.Uint64, hard time.Time, armedAt *mono, resume func(error)) (parked bool, err error) {
-	err = wc.Park()
-	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || expired(hard) {
+// waited decides what follows a wait for wc's socket that ended in err.
+// Past the hard deadline, or on any error but a deadline, the pump ends
+// (err). A wait that ran into the idle deadline moves to the parker: it
+// returns parked, the caller's goroutine must return, and resume continues
+// the pump later on a new goroutine.
+func (s *session) waited(wc *waitConn, err error, slot *atomic.Uint64, hard time.Time, armedAt *mono, resume func(error)) (parked bool, _ error) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) || expired(hard) {
 		return false, err
 	}
 	*armedAt = 0 // the connection's deadline is spent: re-arm

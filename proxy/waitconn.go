@@ -6,13 +6,16 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
 // waitConn sits between a TCP socket and whatever reads it (codec.Reader
-// directly, or crypto/tls). It lets an idle pump park on a shallow stack
-// while holding no buffer, and it does so without extra system calls: the
-// read that wakes the pump is the read that fetches the data.
+// directly, or crypto/tls). It lets an idle pump wait on a shallow stack
+// while holding no buffer, and it does so without extra system calls: a
+// pump serves its connection inside one RawConn.Read (serve), so the read
+// that wakes it is the read that fetches the data, and a read that came
+// back short is followed by a wait, not by a read that finds nothing.
 //
 // Reads go through syscall.RawConn into a pooled buffer taken only for the
 // read and kept only while it holds data. Under TLS (records set) it hands
@@ -44,6 +47,33 @@ type waitConn struct {
 	n   int
 	err error
 
+	// serve: the pump's packets are handled inside one RawConn.Read, so
+	// that a read which came back short (the socket is drained) is
+	// followed by a wait for the poller's next edge, not by a read that
+	// finds nothing. Every wait through RawConn.Read begins by forgetting
+	// the poller's last readiness, so outside of one the first read after
+	// a wake-up must be made, and on a busy connection half of all reads
+	// came back EAGAIN.
+	serveFn func(fd uintptr) bool
+	step    func() bool  // handles one packet; false ends the pump
+	stop    *atomic.Bool // set: leave serve, the session is ending
+	inServe bool         // inside serveFn: fill reads fd without waiting
+	fd      int
+	drained bool // the last read in this wake-up came back short
+	blocked bool // a read would have waited: serveFn waits for the poller
+	ended   bool // step returned false
+
+	// A Close while a pump serves must not wait for it: the serving pump
+	// itself closes the connection when it ends the session, and a close
+	// from elsewhere would wait for the serve to return (net.Conn.Close
+	// waits for every call in progress on the descriptor). Such a Close
+	// shuts the socket down, which wakes the pump and makes its reads
+	// return EOF, and leaves the close to serve's return.
+	closeMu    sync.Mutex
+	serving    bool
+	closed     bool
+	closeLater bool
+
 	// Writes: one at a time (the peerWriter's lock, or crypto/tls's, is
 	// usually held already; this one guards the callback's fields).
 	wmu     sync.Mutex
@@ -70,6 +100,7 @@ func newWaitConn(c net.Conn, records bool) net.Conn {
 	}
 	wc := &waitConn{Conn: c, raw: raw, records: records}
 	wc.readFn, wc.tryFn, wc.writeFn = wc.readCallback, wc.tryCallback, wc.writeCallback
+	wc.serveFn = wc.serveCallback
 	return wc
 }
 
@@ -109,9 +140,132 @@ func (c *waitConn) readCallback(fd uintptr) bool {
 	return true
 }
 
+// errWouldBlock is what a read inside serve returns when the socket has
+// nothing: a net.Error that is Temporary, so crypto/tls keeps the
+// connection usable, and the codec.Reader keeps a packet in progress.
+var errWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "read would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+// serve runs step, one packet at a time, inside one RawConn.Read, until it
+// returns false (more is false), stop is set (more, nil error: go on
+// outside) or a wait for data ends in an error: the read deadline, or the
+// connection closed.
+func (c *waitConn) serve(step func() bool, stop *atomic.Bool) (more bool, err error) {
+	c.closeMu.Lock()
+	if c.closed {
+		c.closeMu.Unlock()
+		return true, net.ErrClosed
+	}
+	c.serving = true
+	c.closeMu.Unlock()
+	c.step, c.stop, c.ended = step, stop, false
+	err = c.raw.Read(c.serveFn)
+	c.inServe, c.step, c.stop = false, nil, nil
+	if c.w == c.r {
+		c.releaseLocked()
+	}
+	c.closeMu.Lock()
+	c.serving = false
+	later := c.closeLater
+	c.closeMu.Unlock()
+	if later {
+		c.Conn.Close()
+	}
+	return !c.ended, err
+}
+
+// Close closes the connection, or, while a pump serves it, shuts the
+// socket down and leaves the close to the end of serve.
+func (c *waitConn) Close() error {
+	c.closeMu.Lock()
+	if c.closed || c.closeLater {
+		c.closeMu.Unlock()
+		return net.ErrClosed
+	}
+	if c.serving {
+		c.closeLater = true
+		c.closed = true
+		c.closeMu.Unlock()
+		c.raw.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+		return nil
+	}
+	c.closed = true
+	c.closeMu.Unlock()
+	return c.Conn.Close()
+}
+
+// serveCallback is one wake-up: the socket may have data (the first call,
+// or the poller said so), so the first fill reads it; a read that comes
+// back short means it is drained, and the callback then returns false,
+// waiting for the poller, when step next needs bytes.
+func (c *waitConn) serveCallback(fd uintptr) bool {
+	c.inServe, c.fd, c.drained, c.blocked = true, int(fd), false, false
+	for {
+		if c.stop.Load() {
+			c.inServe = false
+			return true
+		}
+		if !c.step() {
+			c.ended, c.inServe = true, false
+			return true
+		}
+		if c.blocked {
+			c.blocked, c.inServe = false, false
+			if c.beforeRead != nil {
+				c.beforeRead() // flush what the pump queued: it waits now
+			}
+			return false
+		}
+	}
+}
+
+// fillServing is fill inside serveCallback: it reads the socket only when
+// the last read of this wake-up did not come back short, and never waits.
+func (c *waitConn) fillServing() error {
+	if c.drained {
+		c.blocked = true
+		return errWouldBlock
+	}
+	if c.buf == nil {
+		c.bufp = waitPool.Get().(*[]byte)
+		c.buf = (*c.bufp)[:waitBufSize]
+		c.r, c.w = 0, 0
+	} else if c.w == len(c.buf) {
+		c.w = copy(c.buf, c.buf[c.r:c.w])
+		c.r = 0
+	}
+	n, err := rawRead(c.fd, c.buf[c.w:])
+	for err == syscall.EINTR {
+		n, err = rawRead(c.fd, c.buf[c.w:])
+	}
+	switch {
+	case err == syscall.EAGAIN:
+		if c.w == c.r {
+			c.releaseLocked()
+		}
+		c.drained, c.blocked = true, true
+		return errWouldBlock
+	case err != 0:
+		return os.NewSyscallError("read", err)
+	case n == 0:
+		return io.EOF
+	}
+	c.drained = c.w+n < len(c.buf)
+	c.w += n
+	return nil
+}
+
 // fill blocks until the socket has data (read into the buffer), EOF, an
 // error or the read deadline.
 func (c *waitConn) fill() error {
+	if c.inServe {
+		return c.fillServing()
+	}
 	if c.beforeRead != nil && c.w == c.r {
 		c.beforeRead()
 	}
@@ -158,15 +312,6 @@ func (c *waitConn) TryFill() (bool, error) {
 		return false, io.EOF
 	}
 	return true, nil
-}
-
-// Park waits, holding no buffer, until the socket has something to read,
-// and reads it. The caller's stack stays shallow.
-func (c *waitConn) Park() error {
-	if c.w > c.r {
-		return nil
-	}
-	return c.fill()
 }
 
 // Read hands out buffered bytes, reading the socket when none are left.

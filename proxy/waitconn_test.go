@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -107,41 +108,139 @@ func TestWaitConnRecordBoundaries(t *testing.T) {
 	}
 }
 
-// TestWaitConnPark: Park holds no buffer while waiting, wakes with the
-// data, and honours the read deadline.
-func TestWaitConnPark(t *testing.T) {
-	cl, sv := tcpPair(t)
-	wc := newWaitConn(sv, false).(*waitConn)
-	sv.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if err := wc.Park(); err == nil {
-		t.Fatal("Park returned without data before the deadline")
-	}
-	if wc.buf != nil {
-		t.Fatal("buffer held while parked with nothing to read")
-	}
-	sv.SetReadDeadline(time.Time{})
-	done := make(chan error, 1)
-	go func() { done <- wc.Park() }()
-	time.Sleep(20 * time.Millisecond)
-	cl.Write([]byte("hello"))
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if wc.Buffered() != 5 {
-		t.Fatalf("Buffered = %d after Park, want 5", wc.Buffered())
-	}
-	p := make([]byte, 16)
-	n, err := wc.Read(p)
-	if err != nil || string(p[:n]) != "hello" {
-		t.Fatalf("Read = %q, %v", p[:n], err)
-	}
-	if wc.buf != nil {
-		t.Fatal("buffer held after it was drained")
-	}
-	cl.Close()
-	if err := wc.Park(); err == nil {
-		if _, err := wc.Read(p); err != io.EOF {
-			t.Fatalf("after the peer closed: %v, want EOF", err)
+// serveSteps runs serve with a step that reads and hands each read's
+// bytes and error to check, which says whether to go on.
+func serveSteps(wc *waitConn, stop *atomic.Bool, check func(b []byte, err error) bool) (bool, error) {
+	p := make([]byte, 64)
+	return wc.serve(func() bool {
+		n, err := wc.Read(p)
+		return check(p[:n], err)
+	}, stop)
+}
+
+// TestWaitConnServe: inside serve a read that came back short is followed
+// by a wait for the poller, not by a read, and bytes that arrive in
+// between still wake it; a waiting serve holds no buffer, honours the read
+// deadline and ends on EOF.
+func TestWaitConnServe(t *testing.T) {
+	var stop atomic.Bool
+	t.Run("no read after a short read, and no wake-up lost", func(t *testing.T) {
+		cl, sv := tcpPair(t)
+		wc := newWaitConn(sv, false).(*waitConn)
+		cl.Write([]byte("abc"))
+		var got []string
+		var blocked int
+		more, err := serveSteps(wc, &stop, func(b []byte, err error) bool {
+			switch {
+			case err == errWouldBlock:
+				blocked++
+				if wc.buf != nil {
+					t.Error("buffer held while waiting")
+				}
+				return true
+			case err != nil:
+				t.Errorf("read: %v", err)
+				return false
+			}
+			got = append(got, string(b))
+			if len(got) == 1 {
+				// More arrives before the next read: the short read said the
+				// socket was drained, so that read must wait for the poller
+				// (errWouldBlock), and the poller's edge must then wake it.
+				cl.Write([]byte("def"))
+				time.Sleep(20 * time.Millisecond)
+			}
+			return len(got) < 2
+		})
+		if more || err != nil {
+			t.Fatalf("serve = %v, %v; want false, nil when the step ends", more, err)
+		}
+		if len(got) != 2 || got[0] != "abc" || got[1] != "def" || blocked != 1 {
+			t.Fatalf("reads %q with %d waits, want [abc def] with 1", got, blocked)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		_, sv := tcpPair(t)
+		wc := newWaitConn(sv, false).(*waitConn)
+		sv.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		more, err := serveSteps(wc, &stop, func(_ []byte, err error) bool { return err == errWouldBlock })
+		if !more || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("serve = %v, %v; want true and a deadline error", more, err)
+		}
+		if wc.buf != nil {
+			t.Fatal("buffer held after the wait")
+		}
+	})
+	t.Run("EOF", func(t *testing.T) {
+		cl, sv := tcpPair(t)
+		wc := newWaitConn(sv, false).(*waitConn)
+		go func() { time.Sleep(20 * time.Millisecond); cl.Close() }()
+		var last error
+		serveSteps(wc, &stop, func(_ []byte, err error) bool { last = err; return err == errWouldBlock })
+		if last != io.EOF {
+			t.Fatalf("after the peer closed: %v, want EOF", last)
+		}
+	})
+	t.Run("stop", func(t *testing.T) {
+		cl, sv := tcpPair(t)
+		wc := newWaitConn(sv, false).(*waitConn)
+		var stopNow atomic.Bool
+		stopNow.Store(true)
+		cl.Write([]byte("x"))
+		more, err := serveSteps(wc, &stopNow, func([]byte, error) bool { t.Error("step ran after stop"); return false })
+		if !more || err != nil {
+			t.Fatalf("serve = %v, %v; want true, nil", more, err)
+		}
+	})
+}
+
+// TestWaitConnCloseWhileServing: closing a connection that a pump serves
+// does not wait for the pump (net.Conn.Close would wait for the RawConn
+// call in progress), whether the pump closes it itself or another
+// goroutine does; the pump's reads then end and the peer sees the close.
+func TestWaitConnCloseWhileServing(t *testing.T) {
+	var stop atomic.Bool
+	for _, self := range []bool{true, false} {
+		cl, sv := tcpPair(t)
+		wc := newWaitConn(sv, false).(*waitConn)
+		done := make(chan error, 1)
+		go func() {
+			cl.Write([]byte("x"))
+			_, err := serveSteps(wc, &stop, func(_ []byte, err error) bool {
+				if err == errWouldBlock {
+					return true
+				}
+				if self && err == nil {
+					return wc.Close() == nil // from inside the step
+				}
+				return err == nil
+			})
+			done <- err
+		}()
+		if !self {
+			time.Sleep(50 * time.Millisecond) // the pump waits for more
+			closed := make(chan error, 1)
+			go func() { closed <- wc.Close() }()
+			select {
+			case err := <-closed:
+				if err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Close waited for the serving pump")
+			}
+		}
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("self %v: serve did not end after Close", self)
+		}
+		cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := cl.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("self %v: the peer read %v, want EOF", self, err)
+		}
+		if err := wc.Close(); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("self %v: second Close = %v, want net.ErrClosed", self, err)
 		}
 	}
 }
