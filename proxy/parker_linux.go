@@ -139,9 +139,9 @@ func (p *parker) park(wc *waitConn, slot *atomic.Uint64, deadline time.Time, res
 		if !wc.inEpoll {
 			op = syscall.EPOLL_CTL_ADD
 		}
-		cerr = syscall.EpollCtl(p.epfd, op, int(fd), &ev)
+		cerr = epollCtl(p.epfd, op, int(fd), &ev)
 		if cerr == syscall.ENOENT && op == syscall.EPOLL_CTL_MOD {
-			cerr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+			cerr = epollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
 		}
 		if cerr == nil {
 			wc.inEpoll = true
@@ -290,6 +290,17 @@ func (p *parker) closeFDs() {
 		return
 	}
 	syscall.Close(p.epfd)
+}
+
+// epollCtl is epoll_ctl, which never blocks either: made without telling
+// the scheduler, it cannot have its P handed to another thread by sysmon
+// when the host makes it slow. It returns a nil error or the errno.
+func epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
+	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // epollWaitNow is epoll_wait with a zero timeout. It never blocks, so it
