@@ -115,29 +115,40 @@ func (c *waitConn) Buffered() int { return c.w - c.r }
 
 // readCallback is bound once per connection so parking allocates nothing.
 func (c *waitConn) readCallback(fd uintptr) bool {
-	if c.buf == nil {
-		c.bufp = waitPool.Get().(*[]byte)
-		c.buf = (*c.bufp)[:waitBufSize]
-		c.r, c.w = 0, 0
-	}
-	n, err := rawRead(int(fd), c.buf[c.w:])
-	for err == syscall.EINTR {
-		n, err = rawRead(int(fd), c.buf[c.w:])
-	}
+	n, err := c.readSocket(int(fd))
 	if err == syscall.EAGAIN {
-		if c.w == c.r {
-			c.releaseLocked() // park with no buffer
-		}
 		return false
 	}
 	c.n, c.err = n, nil
 	if err != 0 {
 		c.err = err
 	}
-	if n > 0 {
+	return true
+}
+
+// readSocket reads once into the buffer, taking one if none is held and
+// moving unread bytes to the front of a full one. On EAGAIN with nothing
+// buffered the buffer goes back, so a wait holds none.
+func (c *waitConn) readSocket(fd int) (int, syscall.Errno) {
+	if c.buf == nil {
+		c.bufp = waitPool.Get().(*[]byte)
+		c.buf = (*c.bufp)[:waitBufSize]
+		c.r, c.w = 0, 0
+	} else if c.w == len(c.buf) {
+		c.w = copy(c.buf, c.buf[c.r:c.w])
+		c.r = 0
+	}
+	n, err := rawRead(fd, c.buf[c.w:])
+	for err == syscall.EINTR {
+		n, err = rawRead(fd, c.buf[c.w:])
+	}
+	switch {
+	case err == syscall.EAGAIN && c.w == c.r:
+		c.releaseLocked()
+	case err == 0:
 		c.w += n
 	}
-	return true
+	return n, err
 }
 
 // errWouldBlock is what a read inside serve returns when the socket has
@@ -183,13 +194,12 @@ func (c *waitConn) serve(step func() bool, stop *atomic.Bool) (more bool, err er
 // socket down and leaves the close to the end of serve.
 func (c *waitConn) Close() error {
 	c.closeMu.Lock()
-	if c.closed || c.closeLater {
+	if c.closed {
 		c.closeMu.Unlock()
 		return net.ErrClosed
 	}
 	if c.serving {
-		c.closeLater = true
-		c.closed = true
+		c.closed, c.closeLater = true, true
 		c.closeMu.Unlock()
 		c.raw.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
 		return nil
@@ -231,32 +241,17 @@ func (c *waitConn) fillServing() error {
 		c.blocked = true
 		return errWouldBlock
 	}
-	if c.buf == nil {
-		c.bufp = waitPool.Get().(*[]byte)
-		c.buf = (*c.bufp)[:waitBufSize]
-		c.r, c.w = 0, 0
-	} else if c.w == len(c.buf) {
-		c.w = copy(c.buf, c.buf[c.r:c.w])
-		c.r = 0
-	}
-	n, err := rawRead(c.fd, c.buf[c.w:])
-	for err == syscall.EINTR {
-		n, err = rawRead(c.fd, c.buf[c.w:])
-	}
+	n, err := c.readSocket(c.fd)
 	switch {
 	case err == syscall.EAGAIN:
-		if c.w == c.r {
-			c.releaseLocked()
-		}
 		c.drained, c.blocked = true, true
 		return errWouldBlock
 	case err != 0:
-		return os.NewSyscallError("read", err)
+		return err
 	case n == 0:
 		return io.EOF
 	}
-	c.drained = c.w+n < len(c.buf)
-	c.w += n
+	c.drained = c.w < len(c.buf) // a short read: the socket is drained
 	return nil
 }
 
@@ -268,10 +263,6 @@ func (c *waitConn) fill() error {
 	}
 	if c.beforeRead != nil && c.w == c.r {
 		c.beforeRead()
-	}
-	if c.buf != nil && c.w == len(c.buf) {
-		c.w = copy(c.buf, c.buf[c.r:c.w])
-		c.r = 0
 	}
 	c.n, c.err = 0, nil
 	err := c.raw.Read(c.readFn)
