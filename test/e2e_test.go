@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -362,8 +363,9 @@ func TestClientAuthVerifyIfGiven(t *testing.T) {
 
 // TestSlowPacketsArriveWhole: a packet whose bytes take longer than moat's
 // one-second idle wait to arrive is forwarded whole, for a packet that fits
-// the read buffer, one larger than it, and under TLS. A plant link can be
-// that slow (a cellular modem pushing a recipe or a firmware chunk).
+// the read buffer, one larger than it, and under TLS, and while it stalls
+// no goroutine waits for it. A plant link can be that slow (a cellular
+// modem pushing a recipe or a firmware chunk).
 func TestSlowPacketsArriveWhole(t *testing.T) {
 	e := newEnv(t, nil)
 	direct := newReceived()
@@ -391,7 +393,12 @@ func TestSlowPacketsArriveWhole(t *testing.T) {
 			before := direct.count()
 			half := len(b) / 2
 			c.Send(b[:half])
-			time.Sleep(1600 * time.Millisecond) // past the idle wait (1.125 s)
+			time.Sleep(2 * time.Second) // well past the idle wait (1.125 s)
+			// The stalled side waits as an idle one does: parked, with no
+			// goroutine reading the client.
+			if n := pumpsReadingClients(); n != 0 {
+				t.Errorf("%d goroutines read clients while the packet stalls, want 0 (parked)", n)
+			}
 			c.Send(b[half:])
 			if p := c.Expect(10 * time.Second); p.Type() != codec.PUBACK {
 				t.Fatalf("got %s, want PUBACK", p.Type())
@@ -402,4 +409,11 @@ func TestSlowPacketsArriveWhole(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pumpsReadingClients counts goroutines in moat's client-reading pump.
+func pumpsReadingClients() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "proxy.clientToBroker.run(")
 }
