@@ -406,8 +406,8 @@ func scenarios(o options) []scenario {
 		}
 		sc = append(sc, scenario{
 			name: name,
-			run: func(p *path, v codec.Version) (sample, error) {
-				return storm(p, v, resume, stormWorkers, stormDur)
+			group: func(ps []*path, v codec.Version) ([]sample, error) {
+				return storm(ps, v, resume, stormWorkers, stormDur)
 			},
 			// Resumption means nothing without TLS.
 			skip: func(p *path) bool { return resume && p.tls == nil },

@@ -309,6 +309,11 @@ func (b box) since(a box) box {
 	return box{idle: b.idle - a.idle, steal: b.steal - a.steal, total: b.total - a.total}
 }
 
+// add sums two spans of box time.
+func (b box) add(d box) box {
+	return box{idle: b.idle + d.idle, steal: b.steal + d.steal, total: b.total + d.total}
+}
+
 // idlePct is the share of the machine's own time spent idle.
 func (b box) idlePct() float64 { return pct(b.idle, b.total) }
 

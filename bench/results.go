@@ -208,7 +208,8 @@ func (r *results) markdown() string {
 		w("; the measurements the goals are judged on (QoS 1 64 B, write each, latency 5000 msg/s, full handshakes)\n")
 		w("through the TLS paths, of %d", r.o.goalReps)
 	}
-	w(". Protocol of the load: MQTT %s.\n\n", codec.Version(r.o.version))
+	w(". In the connection storms the paths take turns in %d slices each, so a repetition's paths meet the same machine.", stormSlices)
+	w(" Protocol of the load: MQTT %s.\n\n", codec.Version(r.o.version))
 
 	w("| measurement | unit | %s | moat-tls / haproxy-tls | moat-tls / direct |\n", strings.Join(pathOrder, " | "))
 	w("|---|---|%s---:|---:|\n", strings.Repeat("---:|", len(pathOrder)))
