@@ -149,7 +149,6 @@ func (r *Reader) Release() {
 func (r *Reader) Drop() {
 	r.res = resume{}
 	r.Release()
-	r.releaseBig()
 }
 
 func (r *Reader) releaseBig() {

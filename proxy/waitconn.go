@@ -69,10 +69,9 @@ type waitConn struct {
 	// waits for every call in progress on the descriptor). Such a Close
 	// shuts the socket down, which wakes the pump and makes its reads
 	// return EOF, and leaves the close to serve's return.
-	closeMu    sync.Mutex
-	serving    bool
-	closed     bool
-	closeLater bool
+	closeMu sync.Mutex
+	serving bool
+	closed  bool // set while serving: the close is serve's to make
 
 	// Writes: one at a time (the peerWriter's lock, or crypto/tls's, is
 	// usually held already; this one guards the callback's fields).
@@ -182,7 +181,7 @@ func (c *waitConn) serve(step func() bool, stop *atomic.Bool) (more bool, err er
 	}
 	c.closeMu.Lock()
 	c.serving = false
-	later := c.closeLater
+	later := c.closed // serve checked it was not before it began
 	c.closeMu.Unlock()
 	if later {
 		c.Conn.Close()
@@ -198,13 +197,12 @@ func (c *waitConn) Close() error {
 		c.closeMu.Unlock()
 		return net.ErrClosed
 	}
+	c.closed = true
 	if c.serving {
-		c.closed, c.closeLater = true, true
 		c.closeMu.Unlock()
 		c.raw.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
 		return nil
 	}
-	c.closed = true
 	c.closeMu.Unlock()
 	return c.Conn.Close()
 }
