@@ -137,9 +137,14 @@ func take(l *rate.Limiter, now time.Time, n int) time.Duration {
 	if l == nil || n <= 0 {
 		return 0
 	}
-	r := l.ReserveN(now, min(n, l.Burst()))
+	r := l.ReserveN(now, n)
 	if !r.OK() {
-		return 0
+		// More than the burst (or no tokens at all): charge the burst.
+		// Asking for the burst only here keeps a second lock off every
+		// message.
+		if r = l.ReserveN(now, min(n, l.Burst())); !r.OK() {
+			return 0
+		}
 	}
 	return r.DelayFrom(now)
 }
