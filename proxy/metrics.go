@@ -127,12 +127,12 @@ func (c decisionCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // packet counts one packet of n bytes read in direction d.
-func (m *metrics) packet(d int, t codec.PacketType, n int) {
+func (m *metrics) addPackets(d int, t codec.PacketType, n uint32, bytes uint64) {
 	if t > codec.AUTH {
 		return
 	}
-	m.packets[d][t].Inc()
-	m.bytes[d][t].Add(float64(n))
+	m.packets[d][t].Add(float64(n))
+	m.bytes[d][t].Add(float64(bytes))
 }
 
 // tlsCause sorts a failed handshake into a few causes.
@@ -189,13 +189,40 @@ func authCause(err error) string {
 	return "not_authorized"
 }
 
-// traffic is one direction of a session's counts.
-type traffic struct{ packets, bytes atomic.Uint64 }
+// traffic is one direction of a session's counts. Its pump adds them up
+// in runs of one packet type and hands a run to the totals (the
+// session's, and the server's shared counters) when it ends: at the last
+// packet read, a change of type, 64 packets, or before the pump waits.
+// So a batch of PUBLISHes read together touches the shared counters once,
+// and nothing the pump then writes is seen before its count.
+type traffic struct {
+	packets, bytes atomic.Uint64
+	run            codec.PacketType
+	runN           uint32
+	runBytes       uint64
+}
 
-// count records a packet read in direction d, for the session and the
-// server.
-func (t *traffic) count(m *metrics, d int, f codec.Frame) {
-	t.packets.Add(1)
-	t.bytes.Add(uint64(len(f.Bytes)))
-	m.packet(d, f.Type, len(f.Bytes))
+// count records a packet read in direction d; last says nothing more is
+// buffered after it.
+func (t *traffic) count(m *metrics, d int, f codec.Frame, last bool) {
+	if t.runN > 0 && f.Type != t.run {
+		t.flush(m, d)
+	}
+	t.run = f.Type
+	t.runN++
+	t.runBytes += uint64(len(f.Bytes))
+	if last || t.runN >= 64 {
+		t.flush(m, d)
+	}
+}
+
+// flush hands the current run to the totals.
+func (t *traffic) flush(m *metrics, d int) {
+	if t.runN == 0 {
+		return
+	}
+	t.packets.Add(uint64(t.runN))
+	t.bytes.Add(t.runBytes)
+	m.addPackets(d, t.run, t.runN, t.runBytes)
+	t.runN, t.runBytes = 0, 0
 }

@@ -2,7 +2,11 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -10,6 +14,7 @@ import (
 
 	"github.com/moat-mqtt/moat/codec"
 	"github.com/moat-mqtt/moat/config"
+	"github.com/moat-mqtt/moat/internal/devpki"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
@@ -165,5 +170,40 @@ func TestKeepAliveTimeout(t *testing.T) {
 	// [MQTT-3.1.2-24] not before 1.5 x keep alive.
 	if d := time.Since(start); d < 1500*time.Millisecond {
 		t.Fatalf("cut after %v, before 1.5 x keep alive", d)
+	}
+}
+
+// Each packet moves the keep alive deadline, also when it arrives in a
+// wake-up that armed the deadline before reading it: pings 0.6 s apart,
+// then one 1.2 s after the last, keep a 1 s keep alive (cut at 1.5 s)
+// alive, in the netpoller and from the parker, under TLS and plain.
+func TestKeepAliveMovesWithPackets(t *testing.T) {
+	broker := mqtttest.Start(t, "")
+	cfg, dir := tlsTestConfig(t, broker.Addr)
+	srv := startTestServer(t, cfg, nil)
+	pem, err := os.ReadFile(filepath.Join(dir, devpki.CACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	for _, ln := range []string{"mqtt", "mqtts"} {
+		t.Run(ln, func(t *testing.T) {
+			t.Parallel()
+			var tc *tls.Config
+			if ln == "mqtts" {
+				tc = &tls.Config{RootCAs: pool, ServerName: "localhost"}
+			}
+			c := mqtttest.DialRaw(t, srv.Addr(ln).String(), tc)
+			c.Connect(codec.V5, "pinger-"+ln, 1)
+			for i, gap := range []time.Duration{600, 600, 600, 600, 1200} {
+				time.Sleep(gap * time.Millisecond)
+				c.SendPacket(&codec.Ping{PacketType: codec.PINGREQ})
+				p, err := c.Read(time.Second)
+				if pr, ok := p.(*codec.Ping); err != nil || !ok || pr.PacketType != codec.PINGRESP {
+					t.Fatalf("ping %d (%v after the last): got %#v, %v; want PINGRESP", i+1, gap*time.Millisecond, p, err)
+				}
+			}
+		})
 	}
 }

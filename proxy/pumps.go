@@ -41,6 +41,7 @@ func (p clientToBroker) start(resumed error) {
 	if p.run(resumed) {
 		return // parked: a later goroutine continues
 	}
+	p.s.fromClient.flush(p.s.srv.m, toBroker)
 	if s := p.s; s.ended.Load() && s.kind.lingers() {
 		// This pump is the client's only reader: it does the lingering.
 		s.discardClient()
@@ -52,6 +53,7 @@ func (p brokerToClient) start(resumed error) {
 	if p.run(resumed) {
 		return
 	}
+	p.s.fromBroker.flush(p.s.srv.m, toClient)
 	p.s.pumpDone()
 }
 
@@ -102,7 +104,10 @@ func (p clientToBroker) handle() bool {
 	if s.ended.Load() {
 		return false
 	}
-	s.armClient()
+	serving := s.cwc != nil && s.cwc.inServe // the wake-up armed and stamped
+	if !serving {
+		s.armClient()
+	}
 	if s.draining.Load() {
 		p.drain()
 		return false
@@ -123,8 +128,12 @@ func (p clientToBroker) handle() bool {
 		p.readError(err)
 		return false
 	}
-	s.clientPacket()
-	s.fromClient.count(s.srv.m, toBroker, f)
+	if serving {
+		s.clientPacket(s.cAt)
+	} else {
+		s.clientPacket(monoNow())
+	}
+	s.fromClient.count(s.srv.m, toBroker, f, s.drained(s.cr))
 	sc := scratchPool.Get().(*scratch)
 	pk, err := p.check(f, &sc.pub, &sc.ack)
 	if err != nil {
@@ -267,7 +276,10 @@ func (p brokerToClient) run(resumed error) (parked bool) {
 // handle reads, checks and relays one packet; false ends the pump.
 func (p brokerToClient) handle() bool {
 	s := p.s
-	s.armUpstream()
+	serving := s.uwc != nil && s.uwc.inServe // the wake-up armed and stamped
+	if !serving {
+		s.armUpstream()
+	}
 	f, err := s.ur.ReadPacket()
 	if err != nil {
 		if err == errWouldBlock {
@@ -283,11 +295,13 @@ func (p brokerToClient) handle() bool {
 		p.readError(err)
 		return false
 	}
-	s.uAt = monoNow()
+	if !serving {
+		s.uAt = monoNow()
+	}
 	if f.Skipped > 0 {
 		return p.dropOversize(f)
 	}
-	s.fromBroker.count(s.srv.m, toClient, f)
+	s.fromBroker.count(s.srv.m, toClient, f, s.drained(s.ur))
 	sc := scratchPool.Get().(*scratch)
 	pk, err := p.check(f, &sc.pub, &sc.ack)
 	if err != nil {
@@ -335,16 +349,15 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 	// The reading side's socket, its pump's queue and packet time (each
 	// pump touches only its own).
 	var (
-		src *waitConn
-		q   *queued
-		at  mono
+		q  *queued
+		at mono
 	)
 	if r == s.cr {
-		src, q, at = s.cwc, &s.cq, s.cAt
+		q, at = &s.cq, s.cAt
 	} else {
-		src, q, at = s.uwc, &s.uq, s.uAt
+		q, at = &s.uq, s.uAt
 	}
-	last := r.Buffered() == 0 && (src == nil || src.Buffered() == 0)
+	last := s.drained(r)
 	if out == nil {
 		if last {
 			w.flush()
@@ -363,6 +376,17 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 		q.mark(w == s.uw)
 	}
 	return true
+}
+
+// drained reports that nothing read from r's peer is left in moat: not in
+// r, not in the waitConn under it (which under TLS holds the records of a
+// read that crypto/tls has not asked for yet).
+func (s *session) drained(r *codec.Reader) bool {
+	src := s.uwc
+	if r == s.cr {
+		src = s.cwc
+	}
+	return r.Buffered() == 0 && (src == nil || src.Buffered() == 0)
 }
 
 // queued records which writers a pump left bytes in without flushing; its

@@ -197,7 +197,8 @@ func (s *session) serve() {
 type readHooker interface{ setBeforeRead(func()) }
 
 // flushBeforeReads makes each pump flush what it queued before it reads
-// its side from the network. The pumps flush once nothing read is left
+// its side from the network, and, inside serve, stamp the time and move
+// its read deadline once per wake-up rather than once per packet. The pumps flush once nothing read is left
 // over, but a read can end in the middle of the next packet (or TLS
 // record); without this, a packet would wait for the rest of the next one
 // to arrive, which on a slow link carrying a large message can be seconds.
@@ -208,10 +209,32 @@ func (s *session) flushBeforeReads() {
 		client = s.cwc // under TLS s.client is the tls.Conn
 	}
 	if client != nil {
-		client.setBeforeRead(func() { s.cq.flush(s) })
+		client.setBeforeRead(func() {
+			s.fromClient.flush(s.srv.m, toBroker)
+			s.cq.flush(s)
+			if s.armedAt == 0 {
+				// The keep alive moved after the deadline was armed (in
+				// serve, at the start of the wake-up): the wait needs
+				// the new one.
+				s.armClient()
+			}
+		})
+	}
+	if s.cwc != nil {
+		s.cwc.setOnWake(func() {
+			s.cAt = monoNow()
+			s.armClientAt(s.cAt)
+		})
 	}
 	if s.uwc != nil {
-		s.uwc.setBeforeRead(func() { s.uq.flush(s) })
+		s.uwc.setBeforeRead(func() {
+			s.fromBroker.flush(s.srv.m, toClient)
+			s.uq.flush(s)
+		})
+		s.uwc.setOnWake(func() {
+			s.uAt = monoNow()
+			s.armUpstreamAt(s.uAt)
+		})
 	}
 }
 
@@ -305,7 +328,7 @@ func (s *session) establish() error {
 		s.logReadError("reading CONNECT", err)
 		return err
 	}
-	s.fromClient.count(s.srv.m, toBroker, f)
+	s.fromClient.count(s.srv.m, toBroker, f, true)
 	if f.Type != codec.CONNECT {
 		s.logger().Info("first packet is not CONNECT; closing", "type", f.Type.String())
 		return fmt.Errorf("first packet %s", f.Type)
@@ -384,7 +407,7 @@ func (s *session) establish() error {
 	up.SetReadDeadline(time.Now().Add(lim.ConnectTimeout))
 	f, err = s.ur.ReadPacket()
 	if err == nil {
-		s.fromBroker.count(s.srv.m, toClient, f)
+		s.fromBroker.count(s.srv.m, toClient, f, true)
 	}
 	if err == nil && f.Type != codec.CONNACK {
 		err = fmt.Errorf("broker answered CONNECT with %s", f.Type)
@@ -614,12 +637,14 @@ const idleAfter = time.Second
 // re-arms at most every eighth of the shorter period; lastRead is likewise
 // kept to within keep alive/8, and that much slack is added, so a client is
 // never cut before 1.5 x keep alive and at most keep alive/8 after.
-func (s *session) armClient() {
+func (s *session) armClient() { s.armClientAt(monoNow()) }
+
+// armClientAt is armClient with the clock already read.
+func (s *session) armClientAt(now mono) {
 	period := idleAfter
 	if s.keepAlive > 0 {
 		period = min(period, s.keepAlive)
 	}
-	now := monoNow()
 	if s.armedAt != 0 && now-s.armedAt < mono(period/8) {
 		return
 	}
@@ -632,10 +657,10 @@ func (s *session) armClient() {
 	s.client.SetReadDeadline(d)
 }
 
-// clientPacket notes that a complete packet arrived: it stamps cAt and
-// moves the keep alive.
-func (s *session) clientPacket() {
-	s.cAt = monoNow()
+// clientPacket notes that a complete packet arrived at now: it stamps cAt
+// and moves the keep alive.
+func (s *session) clientPacket(now mono) {
+	s.cAt = now
 	if s.keepAlive == 0 {
 		return
 	}
@@ -647,8 +672,9 @@ func (s *session) clientPacket() {
 
 // armUpstream does the same for the broker side, where the only hard
 // deadline is the drain deadline set when the session ends.
-func (s *session) armUpstream() {
-	now := monoNow()
+func (s *session) armUpstream() { s.armUpstreamAt(monoNow()) }
+
+func (s *session) armUpstreamAt(now mono) {
 	if s.uArmedAt != 0 && now-s.uArmedAt < mono(idleAfter/8) {
 		return
 	}
@@ -950,14 +976,15 @@ func (w *peerWriter) write(b []byte, flush bool) error { return w.writeAt(b, flu
 // microseconds old): the re-arm check needs no clock read of its own. A
 // re-arm reads the clock afresh, so an old at can only make it later.
 func (w *peerWriter) writeAt(b []byte, flush bool, at mono) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.mu.Lock() // no defer: this runs for every packet
 	if w.timeout > 0 && (w.armedAt == 0 || at-w.armedAt > mono(w.timeout/8)) {
 		now := monoNow()
 		w.armedAt = now
 		w.conn.SetWriteDeadline(now.wall().Add(w.timeout))
 	}
-	return w.writeLocked(b, flush)
+	err := w.writeLocked(b, flush)
+	w.mu.Unlock()
+	return err
 }
 
 func (w *peerWriter) writeLocked(b []byte, flush bool) error {

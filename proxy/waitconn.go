@@ -34,6 +34,10 @@ type waitConn struct {
 	// beforeRead, when set, runs before the socket is read with nothing
 	// buffered (the read may wait): the pump flushes what it queued.
 	beforeRead func()
+	// onWake, when set, runs at the start of each wake-up inside serve,
+	// before the first packet: one clock read serves all the packets the
+	// wake-up handles.
+	onWake func()
 
 	// One reader at a time: the pump (or crypto/tls on its behalf).
 	buf    []byte // pooled while holding data
@@ -213,6 +217,9 @@ func (c *waitConn) Close() error {
 // waiting for the poller, when step next needs bytes.
 func (c *waitConn) serveCallback(fd uintptr) bool {
 	c.inServe, c.fd, c.drained, c.blocked = true, int(fd), false, false
+	if c.onWake != nil {
+		c.onWake()
+	}
 	for {
 		if c.stop.Load() {
 			c.inServe = false
@@ -425,6 +432,9 @@ func (c *waitConn) writeCallback(fd uintptr) bool {
 }
 
 func (c *waitConn) setBeforeRead(f func()) { c.beforeRead = f }
+
+// setOnWake sets the hook run at the start of each wake-up in serve.
+func (c *waitConn) setOnWake(f func()) { c.onWake = f }
 
 // CloseWrite half-closes the socket underneath.
 func (c *waitConn) CloseWrite() error {
