@@ -112,6 +112,11 @@ func (p clientToBroker) handle() bool {
 		p.drain()
 		return false
 	}
+	if serving && s.cwc.emptied() && s.clientIdle() {
+		s.cwc.waitNext()
+		s.cr.Release() // waiting: hold no buffer
+		return true
+	}
 	f, err := s.cr.ReadPacket()
 	if err != nil {
 		if err == errWouldBlock {
@@ -279,6 +284,11 @@ func (p brokerToClient) handle() bool {
 	serving := s.uwc != nil && s.uwc.inServe // the wake-up armed and stamped
 	if !serving {
 		s.armUpstream()
+	}
+	if serving && s.uwc.emptied() && s.upstreamIdle() {
+		s.uwc.waitNext()
+		s.ur.Release()
+		return true
 	}
 	f, err := s.ur.ReadPacket()
 	if err != nil {

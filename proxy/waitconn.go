@@ -239,6 +239,17 @@ func (c *waitConn) serveCallback(fd uintptr) bool {
 	}
 }
 
+// emptied reports, inside serve, that this wake-up drained the socket and
+// nothing of it is left here: a read now would only find it empty.
+func (c *waitConn) emptied() bool { return c.inServe && c.drained && c.w == c.r }
+
+// waitNext ends the wake-up as a read that found the socket empty would:
+// serve waits for the poller. A pump whose reader holds nothing calls it
+// instead of making that read: under TLS, crypto/tls allocates for every
+// read it makes (its atLeastReader), which was one allocation per
+// wake-up spent learning that there was nothing.
+func (c *waitConn) waitNext() { c.blocked = true }
+
 // fillServing is fill inside serveCallback: it reads the socket only when
 // the last read of this wake-up did not come back short, and never waits.
 func (c *waitConn) fillServing() error {
