@@ -196,12 +196,13 @@ func (s *session) serve() {
 // may wait for the network (waitConn, wsConn).
 type readHooker interface{ setBeforeRead(func()) }
 
-// flushBeforeReads makes each pump flush what it queued before it reads
-// its side from the network, and, inside serve, stamp the time and move
-// its read deadline once per wake-up rather than once per packet. The pumps flush once nothing read is left
-// over, but a read can end in the middle of the next packet (or TLS
-// record); without this, a packet would wait for the rest of the next one
-// to arrive, which on a slow link carrying a large message can be seconds.
+// flushBeforeReads makes each pump flush what it queued (and its counts)
+// before it reads its side from the network, and, inside serve, stamp the
+// time and move its read deadline once per wake-up rather than once per
+// packet. The pumps flush once nothing read is left over, but a read can
+// end in the middle of the next packet (or TLS record); without this, a
+// packet would wait for the rest of the next one to arrive, which on a
+// slow link carrying a large message can be seconds.
 func (s *session) flushBeforeReads() {
 	// Errors are left to the next write or read, which see them too.
 	client, _ := s.client.(readHooker) // WebSocket
