@@ -173,7 +173,10 @@ func TestCollectionsCloseTogetherMeanBusy(t *testing.T) {
 }
 
 // TestFloorDefersCollections runs the real collector: 24 MiB of garbage
-// in 32 KiB pieces with the floor raised, and then without it.
+// in 32 KiB pieces with the floor raised, and then without it. How many
+// cycles 24 MiB takes at Go's own 4 MiB goal depends on how soon each
+// concurrent mark ends, which a loaded machine stretches (2 to 8 seen);
+// so without the floor the test asks for the goal and one collection.
 func TestFloorDefersCollections(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(Base))
 	collections := func() uint32 {
@@ -200,15 +203,21 @@ func TestFloorDefersCollections(t *testing.T) {
 	runtime.GC()
 	goal := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}}
 	metrics.Read(goal)
-	if g := goal[0].Value.Uint64(); g < 60<<20 || g > 68<<20 {
+	// apply leaves a GOGC within 10% of the last alone, and the live heap
+	// this collection left is not the one the tick saw.
+	if g := goal[0].Value.Uint64(); g < 56<<20 || g > 72<<20 {
 		t.Fatalf("the runtime's heap goal is %d MiB at GOGC %d, want the 64 MiB floor", g>>20, f.Percent())
 	}
 	with := churn(24)
 	f.Stop()
 	runtime.GC()
+	metrics.Read(goal)
+	if g := goal[0].Value.Uint64(); g > 16<<20 {
+		t.Fatalf("the runtime's heap goal is %d MiB after Stop, want Go's own", g>>20)
+	}
 	without := churn(24)
-	if with > 1 || without < 3 {
-		t.Fatalf("collections while making 24 MiB of garbage: %d under a 64 MiB floor (want at most 1), %d without (want at least 3)", with, without)
+	if with > 1 || without < 1 {
+		t.Fatalf("collections while making 24 MiB of garbage: %d under a 64 MiB floor (want at most 1), %d without (want at least 1)", with, without)
 	}
 }
 
