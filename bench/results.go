@@ -209,6 +209,10 @@ func (r *results) markdown() string {
 		w("through the TLS paths, of %d", r.o.goalReps)
 	}
 	w(". In the connection storms the paths take turns in %d slices each, so a repetition's paths meet the same machine.", stormSlices)
+	if warmUp > 0 {
+		w(" Each throughput run through a proxy first sends its load for %s on the same connections, unmeasured, so both\n", warmUp)
+		w("proxies are measured in the steady state a continuous load meets.")
+	}
 	w(" Protocol of the load: MQTT %s.\n\n", codec.Version(r.o.version))
 
 	w("| measurement | unit | %s | moat-tls / haproxy-tls | moat-tls / direct |\n", strings.Join(pathOrder, " | "))
