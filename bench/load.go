@@ -65,10 +65,11 @@ func throughput(p *path, v codec.Version, l loadgen.Load, pubs int, denied bool)
 // before the measured part, on the same connections. Both proxies meet
 // the load warm: buffers in use, TCP windows grown, and moat's thread
 // controller (package procs) settled on the Ps the load needs, which
-// takes it up to a second after a load begins; without it every 1-2 s run
-// began on the spare P an idle moat keeps, and measured half the steady
-// state. Plants run continuous load: the steady state is what they get.
-var warmUp = time.Second
+// took it 0.8-1.0 s after a load began (its debug log against the runs'
+// start times); without it every 1-2 s run began on the spare P an idle
+// moat keeps, and measured half the steady state. Plants run continuous
+// load: the steady state is what they get.
+var warmUp = 1250 * time.Millisecond
 
 // publishAll runs loads[i] on clients[i], all at once: once each, or,
 // with a deadline, in parts of a twentieth until it has passed.
