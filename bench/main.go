@@ -58,7 +58,7 @@ func main() {
 	only := flag.String("run", "", "only measurements whose name matches this regular expression (e.g. 'idle|QoS 1 64')")
 	flag.StringVar(&o.compare, "compare", "", "a second moat binary (e.g. built from an earlier commit) measured in the same run as paths cmp-tls and cmp-tcp")
 	paths := flag.String("paths", "", "only paths whose name matches this regular expression (e.g. 'moat-tls' while profiling)")
-	flag.DurationVar(&warmUp, "warmup", warmUp, "how long each throughput run through a proxy sends its load before the measured part (0: none)")
+	flag.DurationVar(&warmUp, "warmup", warmUp, "how long each throughput run through a TLS listener sends its load before the measured part (0: none)")
 	flag.StringVar(&latencyThrough, "latency-through", "both", "which clients of the latency test use the path: both, publisher or subscriber (the other connects to the broker directly)")
 	flag.Parse()
 	if latencyThrough != "both" && latencyThrough != "publisher" && latencyThrough != "subscriber" {

@@ -210,8 +210,8 @@ func (r *results) markdown() string {
 	}
 	w(". In the connection storms the paths take turns in %d slices each, so a repetition's paths meet the same machine.", stormSlices)
 	if warmUp > 0 {
-		w(" Each throughput run through a proxy first sends its load for %s on the same connections, unmeasured, so both\n", warmUp)
-		w("proxies are measured in the steady state a continuous load meets.")
+		w(" Each throughput run through a TLS listener first sends its load for %s on the same connections, unmeasured, so\n", warmUp)
+		w("both proxies are measured in the steady state a continuous load meets (the plain paths are not warmed up).")
 	}
 	w(" Protocol of the load: MQTT %s.\n\n", codec.Version(r.o.version))
 
