@@ -40,7 +40,11 @@ func fakeBroker(t *testing.T) (addr string, conns <-chan net.Conn) {
 			c.Close()
 			return
 		}
-		c.Write([]byte{0x20, 3, 0, 0, 0}) // v5 CONNACK success, no properties
+		if cp, err := codec.DecodeConnect(f); err == nil && cp.Version != codec.V5 {
+			c.Write([]byte{0x20, 2, 0, 0}) // 3.x CONNACK accepted
+		} else {
+			c.Write([]byte{0x20, 3, 0, 0, 0}) // v5 CONNACK success, no properties
+		}
 		ch <- c
 	}()
 	return l.Addr().String(), ch
@@ -50,10 +54,16 @@ func fakeBroker(t *testing.T) (addr string, conns <-chan net.Conn) {
 // fakeBroker and returns both ends; the broker's closes with the test.
 func viaFakeBroker(t *testing.T, clientID string) (*mqtttest.Raw, net.Conn) {
 	t.Helper()
+	return viaFakeBrokerAs(t, codec.V5, clientID)
+}
+
+// viaFakeBrokerAs is viaFakeBroker for a client of protocol version v.
+func viaFakeBrokerAs(t *testing.T, v codec.Version, clientID string) (*mqtttest.Raw, net.Conn) {
+	t.Helper()
 	addr, conns := fakeBroker(t)
 	srv := newTestServer(t, addr, nil)
 	c := mqtttest.DialRaw(t, srv.Addr("mqtt").String(), nil)
-	c.Connect(codec.V5, clientID, 30)
+	c.Connect(v, clientID, 30)
 	select {
 	case broker := <-conns:
 		t.Cleanup(func() { broker.Close() })

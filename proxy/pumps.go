@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/moat-mqtt/moat/codec"
 )
@@ -261,6 +262,16 @@ func (p brokerToClient) run(resumed error) (parked bool) {
 		}
 		s.armUpstream()
 		more, err := s.uwc.serve(s.uStep, &s.ended)
+		if s.uq.held {
+			// Whatever ended the serve (the hold's deadline, the session
+			// ending, an error), the acks go out now.
+			s.uq.written()
+			s.uArmedAt = 0
+			s.cw.flush()
+			if more && errors.Is(err, os.ErrDeadlineExceeded) && !expired(s.upstreamDeadline()) {
+				continue // the hold's deadline, not the idle one: serve on
+			}
+		}
 		if !more {
 			return false
 		}
@@ -348,7 +359,8 @@ func (p brokerToClient) dropOversize(f codec.Frame) bool {
 }
 
 // relay finishes one packet: out goes to w, flushed once nothing more read
-// from the same peer is waiting in moat; nil out means moat answered the
+// from the same peer is waiting in moat (a PUBACK may wait a little longer,
+// for the broker's next: holdAck); nil out means moat answered the
 // packet itself, and then only what earlier packets queued is flushed, so
 // it does not wait. toBroker says whose writer w is, for the error. It
 // reports whether the pump goes on.
@@ -371,10 +383,12 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 	if out == nil {
 		if last {
 			w.flush()
+			q.written()
 		}
 		return true
 	}
-	if err := w.writeAt(out, last, at); err != nil {
+	hold := last && r == s.ur && s.holdAck(out)
+	if err := w.writeAt(out, last && !hold, at); err != nil {
 		if toBroker {
 			s.end(endUpstreamGone, codec.UnspecifiedError, "writing to the broker failed: "+err.Error())
 		} else {
@@ -382,10 +396,48 @@ func (s *session) relay(out []byte, r *codec.Reader, w *peerWriter, toBroker boo
 		}
 		return false
 	}
-	if !last {
+	switch {
+	case hold:
+		q.client = false // held, not queued: the read hook must not flush it
+	case !last:
 		q.mark(w == s.uw)
+		if w == s.cw && out[0] != pubackByte {
+			q.mixed = true
+		}
+	default:
+		q.written()
 	}
 	return true
+}
+
+// pubackByte is a PUBACK's fixed header byte [MQTT-3.4.1].
+const pubackByte = byte(codec.PUBACK) << 4
+
+// ackHold bounds how long a PUBACK may wait in the client's writer for the
+// broker's next ack (see holdAck). The poller's timers wake in whole
+// milliseconds, so the wait is 1-2 ms at worst. A variable for tests.
+var ackHold = time.Millisecond
+
+// holdAck reports whether the PUBACK out, the last packet of what the
+// broker sent, may wait in the client's writer instead of being written
+// now. It may while the broker still owes an ack for another publish of
+// this client, because then another PUBACK is on its way: a client that
+// keeps a window of QoS 1 publishes open gets its acks a few per write
+// rather than one or two (Mosquitto acks each publish in its own segment),
+// which on a busy connection halves the writes on the way back. Only
+// PUBACKs wait, and only behind other PUBACKs: a delivery is never held.
+// The first held ack waits at most ackHold: the serve's read deadline is
+// moved to it (the read hook), and the pump flushes when the serve ends.
+func (s *session) holdAck(out []byte) bool {
+	q := &s.uq
+	if out[0] != pubackByte || q.mixed || s.uwc == nil || !s.uwc.inServe || s.az == nil || s.az.inflight.n.Load() <= 0 {
+		return false
+	}
+	if !q.held {
+		q.held, q.holdArmed, q.heldAt = true, false, s.uAt
+		return true
+	}
+	return s.uAt-q.heldAt < mono(ackHold)
 }
 
 // drained reports that nothing read from r's peer is left in moat: not in
@@ -403,7 +455,18 @@ func (s *session) drained(r *codec.Reader) bool {
 // read hook flushes those before the pump reads again. Only that pump's
 // goroutine touches it. Flushing only its own keeps one pump from waiting
 // on a writer the other holds while a slow peer drains it.
-type queued struct{ up, client bool }
+type queued struct {
+	up, client bool
+	// The broker pump's PUBACK hold (holdAck): held, the client's writer
+	// has PUBACKs waiting since heldAt; holdArmed, the read deadline is
+	// moved to the hold's end. mixed: something other than a PUBACK this
+	// pump queued for the client is not yet written, so nothing is held.
+	held, holdArmed, mixed bool
+	heldAt                 mono
+}
+
+// written notes that the pump flushed the client's writer.
+func (q *queued) written() { q.held, q.holdArmed, q.mixed = false, false, false }
 
 func (q *queued) mark(up bool) {
 	if up {
@@ -420,7 +483,7 @@ func (q *queued) flush(s *session) {
 		s.uw.flush()
 	}
 	if q.client {
-		q.client = false
+		q.client, q.mixed = false, false
 		s.cw.flush()
 	}
 }

@@ -231,10 +231,25 @@ func (s *session) flushBeforeReads() {
 		s.uwc.setBeforeRead(func() {
 			s.fromBroker.flush(s.srv.m, toClient)
 			s.uq.flush(s)
+			switch q := &s.uq; {
+			case q.held && !q.holdArmed:
+				// PUBACKs wait for the broker's next: wait for it at
+				// most until the hold ends (holdAck).
+				q.holdArmed, s.uArmedAt = true, 0
+				d := q.heldAt.wall().Add(ackHold)
+				if hard := s.upstreamDeadline(); !hard.IsZero() {
+					d = minTime(d, hard)
+				}
+				s.upstream.SetReadDeadline(d)
+			case !q.held && s.uArmedAt == 0:
+				s.armUpstream() // a hold ended in this wake-up: its deadline goes
+			}
 		})
 		s.uwc.setOnWake(func() {
 			s.uAt = monoNow()
-			s.armUpstreamAt(s.uAt)
+			if !s.uq.holdArmed {
+				s.armUpstreamAt(s.uAt)
+			}
 		})
 	}
 }
@@ -876,6 +891,7 @@ func (s *session) lingerClient() {
 // long the client's remaining bytes are read. The client pump, if running,
 // does that reading (and discards what it reads once the session ended).
 func (s *session) halfCloseClient() {
+	s.cw.writeFinal(nil) // what waits in the writer (held PUBACKs) goes first
 	closeWrite(s.client)
 	s.client.SetReadDeadline(time.Now().Add(lingerTime))
 }
@@ -1027,9 +1043,9 @@ func (w *peerWriter) flushLocked() error {
 	return err
 }
 
-// writeFinal writes a last packet under a short deadline. The deadline is
-// set before taking the lock too, so a writer blocked on a peer that does
-// not read gives the lock up promptly.
+// writeFinal writes a last packet (nil: only what is pending) under a
+// short deadline. The deadline is set before taking the lock too, so a
+// writer blocked on a peer that does not read gives the lock up promptly.
 func (w *peerWriter) writeFinal(b []byte) error {
 	deadline := time.Now().Add(lingerTime)
 	w.conn.SetWriteDeadline(deadline)
@@ -1037,5 +1053,8 @@ func (w *peerWriter) writeFinal(b []byte) error {
 	defer w.mu.Unlock()
 	w.conn.SetWriteDeadline(deadline)
 	w.armedAt = monoOf(deadline) // in the future: no re-arm for the final write
+	if b == nil {
+		return w.flushLocked()
+	}
 	return w.writeLocked(b, true)
 }
