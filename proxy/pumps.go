@@ -483,7 +483,8 @@ func (q *queued) flush(s *session) {
 		s.uw.flush()
 	}
 	if q.client {
-		q.client, q.mixed = false, false
+		q.client = false
+		q.written() // held acks go out with what was queued
 		s.cw.flush()
 	}
 }
